@@ -144,6 +144,7 @@ class Config:
     attention_dropout: float = 0.1  # on the attention pattern (train() only)
     use_attn_result: bool = False  # also compute hook_result: each head's output, [.., d_model]
     initializer_range: float = 0.02  # std of the normal init of weight matrices and embeddings
+    pad_token_id: Optional[int] = None  # this row of W_E gets no gradient (as in HuggingFace)
 
     def __post_init__(self):
         for name in ("d_vocab", "n_ctx", "d_model", "n_heads", "d_head", "d_mlp", "n_layers",
@@ -196,6 +197,7 @@ class Config:
             hidden_dropout=hf_config.hidden_dropout_prob,
             attention_dropout=hf_config.attention_probs_dropout_prob,
             initializer_range=hf_config.initializer_range,
+            pad_token_id=hf_config.pad_token_id,
         )
 
 
@@ -225,10 +227,12 @@ class Embed(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        self.pad_token_id = cfg.pad_token_id
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.W_E[tokens]  # [batch, pos, d_model]
+        # W_E[tokens], except that training never changes the padding token's row.
+        return F.embedding(tokens, self.W_E, padding_idx=self.pad_token_id)  # [batch, pos, d_model]
 
 
 class PosEmbed(nn.Module):
@@ -988,13 +992,11 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: Config) -> t
             ours["unembed.W_U"] = take("cls.predictions.decoder.weight", cfg.d_vocab, d_model).T
         else:
             ours["unembed.W_U"] = ours["embed.embed.W_E"].T
-        # The decoder bias is stored as cls.predictions.bias, cls.predictions.decoder.bias or both.
-        biases = [take(key, cfg.d_vocab) for key in ("cls.predictions.bias", "cls.predictions.decoder.bias") if key in hf]
-        if not biases:
-            problems.append("missing: cls.predictions.bias")
-        elif len(biases) == 2 and not torch.equal(biases[0], biases[1]):
-            problems.append("cls.predictions.bias and cls.predictions.decoder.bias differ")
-        ours["unembed.b_U"] = biases[0] if biases else torch.zeros(cfg.d_vocab)
+        # HF's forward adds cls.predictions.decoder.bias; older checkpoints store only
+        # cls.predictions.bias, which newer ones keep as a tied copy.
+        has_decoder_bias = "cls.predictions.decoder.bias" in hf
+        ours["unembed.b_U"] = take("cls.predictions.decoder.bias" if has_decoder_bias else "cls.predictions.bias", cfg.d_vocab)
+        used.add("cls.predictions.bias")
     else:
         missing_heads.update(("mlm_head", "unembed"))
 
