@@ -218,13 +218,31 @@ def test_activation_functions(act_fn):
 
 
 def test_embed(ref):
-    embed = make_embed(ref.cfg, ref.hf.bert.embeddings)
-    check(embed(ref.tokens, ref.token_type_ids), ref.out.hidden_states[0],
-          "Embeddings: token + position + token-type embeddings, then LayerNorm. Positions count "
-          "0, 1, 2, ... in every row; did you forget the token-type embeddings, or start at 1?")
+    embed = fresh(hb.Embed(ref.cfg))
+    with torch.no_grad():
+        embed.W_E.copy_(ref.hf.bert.embeddings.word_embeddings.weight)
+    check(embed(ref.tokens), ref.outputs["bert.embeddings.word_embeddings"],
+          "Embed: row `token` of W_E for each token, shape [batch, pos, d_model]")
 
 
-def test_embed_layer_norm(ref):
+def test_pos_embed(ref):
+    pos_embed = fresh(hb.PosEmbed(ref.cfg))
+    with torch.no_grad():
+        pos_embed.W_pos.copy_(ref.hf.bert.embeddings.position_embeddings.weight)
+    expected = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
+    check(pos_embed(ref.tokens), expected,
+          "PosEmbed: positions count 0, 1, 2, ... (not from 1), the same in every row of the batch")
+
+
+def test_token_type_embed(ref):
+    token_type_embed = fresh(hb.TokenTypeEmbed(ref.cfg))
+    with torch.no_grad():
+        token_type_embed.W_token_type.copy_(ref.hf.bert.embeddings.token_type_embeddings.weight)
+    check(token_type_embed(ref.token_type_ids), ref.outputs["bert.embeddings.token_type_embeddings"],
+          "TokenTypeEmbed: row `token_type` of W_token_type (0 for sentence A, 1 for B)")
+
+
+def test_layer_norm(ref):
     hf_layer_norm = ref.hf.bert.embeddings.LayerNorm
     layer_norm = make_layer_norm(ref.cfg, hf_layer_norm)
     check(layer_norm(ref.inputs["bert.embeddings.LayerNorm"]), ref.outputs["bert.embeddings.LayerNorm"],
@@ -240,6 +258,13 @@ def test_layer_norm_scale_hook(ref):
     layer_norm(x)
     expected = (x.var(-1, unbiased=False, keepdim=True) + ref.cfg.eps).sqrt()
     check(with_scale["scale"], expected, "LayerNorm hook_scale: sqrt(var + eps), shape [batch, pos, 1]")
+
+
+def test_bert_embed(ref):
+    embed = make_embed(ref.cfg, ref.hf.bert.embeddings)
+    check(embed(ref.tokens, ref.token_type_ids), ref.out.hidden_states[0],
+          "BertEmbed: token + position + token-type embeddings, then LayerNorm. Did you forget to "
+          "add the token-type embeddings?")
 
 
 def run_attention(ref, layer):
@@ -340,18 +365,6 @@ def test_block(ref, layer):
     assert torch.equal(resid_pre, ref.out.hidden_states[layer]), "Block must not modify its input in place"
 
 
-def test_pooler(ref):
-    pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
-    check(pooler(ref.out.hidden_states[-1]), ref.outputs["bert.pooler"],
-          "Pooler: tanh(dense(final hidden state of the FIRST token, [CLS])): not the mean over positions")
-
-
-def test_nsp_head(ref):
-    nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
-    check(nsp_head(ref.outputs["bert.pooler"]), ref.out.seq_relationship_logits,
-          "NSP head: pooled @ W + b, two logits per sequence")
-
-
 def test_mlm_head(ref):
     transform = ref.hf.cls.predictions.transform
     mlm_head = make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense)
@@ -367,6 +380,18 @@ def test_unembed(ref):
         unembed.b_U.copy_(ref.hf.cls.predictions.bias)
     check(unembed(ref.outputs["cls.predictions.transform"]), ref.out.prediction_logits,
           "Unembed: x @ W_U + b_U. Did you forget the decoder bias b_U?")
+
+
+def test_pooler(ref):
+    pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
+    check(pooler(ref.out.hidden_states[-1]), ref.outputs["bert.pooler"],
+          "Pooler: tanh(dense(final hidden state of the FIRST token, [CLS])): not the mean over positions")
+
+
+def test_nsp_head(ref):
+    nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
+    check(nsp_head(ref.outputs["bert.pooler"]), ref.out.seq_relationship_logits,
+          "NSP head: pooled @ W + b, two logits per sequence")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,126 @@
+"""Benchmark: hooked_bert against HuggingFace, side by side, in one process.
+
+    python bench.py [--batch 8] [--pos 128] [--layers 12] [--repeats 9]
+
+A bert-base-sized model (vocab 30522, 768 wide, 12 heads) with random weights and a padded
+batch. The contenders run interleaved, after a warm-up, and the median wall time of each is
+reported with its ratio to HuggingFace eager, then the peak memory each one adds, then a
+probing-style loop that caches one activation over many batches.
+
+Memory is the process's peak resident set size above what it held before the run (Linux
+VmHWM, reset through /proc/self/clear_refs). So that freed tensors go back to the OS rather
+than stay in the allocator, the script runs itself with MALLOC_MMAP_THRESHOLD_ set.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # must be set before the process starts
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+import hooked_bert as hb
+
+
+def rss_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_memory_mib(fn) -> float:
+    """How far fn() raises the process's peak memory above what it holds before."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset the peak (VmHWM) to the current resident size
+    before = rss_mib("VmRSS")
+    fn()
+    return rss_mib("VmHWM") - before
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pos", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--probe-batches", type=int, default=20)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    config = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=args.layers, num_attention_heads=12,
+                  intermediate_size=3072, max_position_embeddings=512)
+    hf_eager = BertForMaskedLM(BertConfig(**config, attn_implementation="eager")).eval()
+    hf_sdpa = BertForMaskedLM(BertConfig(**config, attn_implementation="sdpa")).eval()
+    hf_sdpa.load_state_dict(hf_eager.state_dict())
+    model = hb.HookedEncoder.from_pretrained("random bert-base", hf_model=hf_eager)
+
+    tokens = torch.randint(1000, 30000, (args.batch, args.pos))
+    mask = torch.ones_like(tokens)
+    for row in range(args.batch):  # rows of different lengths, padded on the right
+        mask[row, args.pos - row * args.pos // (2 * args.batch):] = 0
+    token_type_ids = torch.zeros_like(tokens)
+    hf_inputs = dict(input_ids=tokens, attention_mask=mask, token_type_ids=token_type_ids)
+    our_inputs = dict(token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+    middle = args.layers // 2
+
+    def ablate_head(z, hook):
+        z[:, :, 0] = 0.0
+
+    contenders = {
+        "HF eager": lambda: hf_eager(**hf_inputs).logits,
+        "HF sdpa": lambda: hf_sdpa(**hf_inputs).logits,
+        "ours, no hooks": lambda: model(tokens, **our_inputs),
+        "ours, run_with_cache (every hook)": lambda: model.run_with_cache(tokens, **our_inputs),
+        "ours, run_with_cache (one hook)": lambda: model.run_with_cache(
+            tokens, names_filter=f"blocks.{middle}.hook_resid_post", **our_inputs),
+        "ours, one fwd_hook editing hook_z": lambda: model.run_with_hooks(
+            tokens, fwd_hooks=[(f"blocks.{middle}.attn.hook_z", ablate_head)], **our_inputs),
+    }
+
+    with torch.no_grad():
+        for fn in contenders.values():  # warm-up
+            fn()
+        times = {name: [] for name in contenders}
+        for _ in range(args.repeats):  # interleaved, so that a slow moment hits everyone alike
+            for name, fn in contenders.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        memory = {name: peak_memory_mib(fn) for name, fn in contenders.items()}
+
+    print(f"bert-base width, {args.layers} layers, batch {args.batch} x {args.pos} tokens (padded), "
+          f"float32, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} runs\n")
+    baseline = statistics.median(times["HF eager"])
+    ours = statistics.median(times["ours, no hooks"])
+    print(f"| {'contender':36} | median ms | vs HF eager | vs ours | peak MiB added |")
+    print(f"|{'-' * 38}|-----------|-------------|---------|----------------|")
+    for name in contenders:
+        median = statistics.median(times[name])
+        print(f"| {name:36} | {median * 1000:9.1f} | {median / baseline:10.2f}x | {median / ours:6.2f}x "
+              f"| {memory[name]:14.0f} |")
+
+    # Probing-style loop: cache one activation per batch, keep only the [CLS] vector.
+    def probe(n_batches):
+        features = []
+        with torch.no_grad():
+            for _ in range(n_batches):
+                _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{middle}.hook_resid_post", **our_inputs)
+                features.append(cache["resid_post", middle][:, 0].clone())
+        return torch.cat(features)
+
+    one = peak_memory_mib(lambda: probe(1))
+    many = peak_memory_mib(lambda: probe(args.probe_batches))
+    print(f"\nProbing loop (run_with_cache of one hook, keep the [CLS] vector): peak memory added "
+          f"{one:.0f} MiB for 1 batch, {many:.0f} MiB for {args.probe_batches} batches.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Do the tests catch the classic BERT mistakes, and point at the right component?
+
+For each mistake below, this script writes a copy of hooked_bert.py with that mistake into a
+temporary folder, runs test_hooked_bert.py against it, and checks that
+  1. the test of the component with the mistake fails,
+  2. its failure message carries that test's hint, and
+  3. the tests of the components before it in the file still pass.
+It prints a table and exits 1 if any mistake goes uncaught. Takes a minute or two:
+    python scripts/check_tests_catch_bugs.py
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The component tests, in the order their components appear in hooked_bert.py.
+COMPONENT_TESTS = [
+    "test_hook_point_is_identity", "test_activation_functions", "test_embed", "test_pos_embed",
+    "test_token_type_embed", "test_layer_norm", "test_layer_norm_scale_hook", "test_bert_embed",
+    "test_attention_qkv", "test_attention_scores", "test_attention_pattern",
+    "test_attention_pattern_rows_sum_to_one_and_ignore_padding", "test_attention_z", "test_attention_out",
+    "test_attention_does_not_modify_its_input", "test_mlp", "test_block", "test_mlm_head", "test_unembed",
+    "test_pooler", "test_nsp_head",
+]
+
+# (mistake, text in hooked_bert.py, the mistaken text, the test that must catch it, words of its hint)
+MISTAKES = [
+    ("tanh GELU instead of the exact erf GELU",
+     '"gelu": F.gelu,', '"gelu": lambda x: F.gelu(x, approximate="tanh"),',
+     "test_activation_functions", "exact erf GELU"),
+    ("position ids start at 1",
+     "self.W_pos[:n_pos]", "self.W_pos[1:n_pos + 1]",
+     "test_pos_embed", "not from 1"),
+    ("eps outside the square root",
+     "(x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()", "x.pow(2).mean(-1, keepdim=True).sqrt() + self.eps",
+     "test_layer_norm", "INSIDE the square root"),
+    ("PyTorch's default eps 1e-5 instead of BERT's 1e-12",
+     "self.eps = cfg.eps", "self.eps = 1e-5",
+     "test_layer_norm", "eps = 1e-12"),
+    ("unbiased variance (divides by n - 1)",
+     "(x.pow(2).mean(-1, keepdim=True) + self.eps)", "(x.var(-1, keepdim=True) + self.eps)",
+     "test_layer_norm", "biased variance"),
+    ("token-type embeddings not added",
+     "self.ln(embed + pos_embed + token_type_embed)", "self.ln(embed + pos_embed)",
+     "test_bert_embed", "token-type embeddings"),
+    ("scores scaled by sqrt(d_model) instead of sqrt(d_head)",
+     "/ math.sqrt(self.cfg.d_head)", "/ math.sqrt(self.cfg.d_model)",
+     "test_attention_scores", "sqrt(d_head)"),
+    ("q and k swapped in the score einsum",
+     "            q, k,\n", "            k, q,\n",
+     "test_attention_scores", "swap q and k"),
+    ("padded keys not masked",
+     "if key_is_padding is not None:", "if False:",
+     "test_attention_scores", "padded keys"),
+    ("softmax over the query dimension",
+     "attn_scores.softmax(dim=-1)", "attn_scores.softmax(dim=-2)",
+     "test_attention_pattern", "KEY dimension"),
+    ("heads merged in the wrong order",
+     'return einsum("batch pos head_index d_head, head_index d_head d_model -> batch pos d_model", z, self.W_O) + self.b_O',
+     "return z.transpose(2, 3).reshape(*z.shape[:2], -1) @ self.W_O.reshape(-1, self.W_O.shape[-1]) + self.b_O",
+     "test_attention_out", "merged in the same order"),
+    ("residual added to the pre-LayerNorm stream (LayerNorm order)",
+     "resid_post = self.hook_resid_post(normalized_resid_mid + mlp_out)", "resid_post = self.hook_resid_post(resid_mid + mlp_out)",
+     "test_block", "post-LN"),
+    ("MLM head: LayerNorm before the activation",
+     "return self.ln(self.act_fn(x))", "return self.act_fn(self.ln(x))",
+     "test_mlm_head", "dense, then the activation, then LayerNorm"),
+    ("MLM decoder bias forgotten",
+     "self.W_U) + self.b_U)", "self.W_U))",
+     "test_unembed", "decoder bias"),
+    ("pooler on the mean instead of the first token",
+     "first_token = resid[:, 0]", "first_token = resid.mean(dim=1)",
+     "test_pooler", "FIRST token"),
+    ("pooler without tanh",
+     "return self.hook_pooler_out(torch.tanh(pooled))", "return self.hook_pooler_out(pooled)",
+     "test_pooler", "tanh"),
+]
+
+
+def run_tests(folder: Path) -> tuple[dict[str, bool], str]:
+    """Run the test file in `folder`; returns ({test function: all its cases passed}, output)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "--tb=short", "-p", "no:cacheprovider",
+         "test_hooked_bert.py", "-k", " or ".join(COMPONENT_TESTS)],
+        cwd=folder, capture_output=True, text=True,
+    )
+    passed: dict[str, bool] = {}
+    for outcome, test in re.findall(r"^(PASSED|FAILED|ERROR) test_hooked_bert\.py::(\w+)", result.stdout, re.M):
+        passed[test] = passed.get(test, True) and outcome == "PASSED"
+    return passed, result.stdout
+
+
+def main() -> int:
+    source = (ROOT / "hooked_bert.py").read_text()
+    rows, all_caught = [], True
+    for mistake, old, new, test, hint in MISTAKES:
+        if source.count(old) != 1:
+            raise SystemExit(f"{mistake!r}: the text to change must occur exactly once in hooked_bert.py: {old!r}")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "hooked_bert.py").write_text(source.replace(old, new))
+            shutil.copy(ROOT / "test_hooked_bert.py", folder)
+            passed, output = run_tests(folder)
+        fails = passed.get(test) is False
+        hinted = hint in output
+        earlier = COMPONENT_TESTS[:COMPONENT_TESTS.index(test)]
+        broken_earlier = [name for name in earlier if passed.get(name) is False]
+        caught = fails and hinted and not broken_earlier
+        all_caught &= caught
+        later = [name for name in COMPONENT_TESTS[COMPONENT_TESTS.index(test) + 1:] if passed.get(name) is False]
+        rows.append((mistake, test, "yes" if fails else "NO", "yes" if hinted else "NO",
+                     "yes" if not broken_earlier else "NO: " + ", ".join(broken_earlier), len(later)))
+
+    header = ("mistake", "test that must fail", "fails", "hint shown", "earlier tests green", "later tests failing")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths)] + rows:
+        print(" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    print("\nall mistakes caught" if all_caught else "\nSOME MISTAKES WERE NOT CAUGHT")
+    return 0 if all_caught else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
