@@ -4,23 +4,22 @@
 
 A bert-base-sized model (vocab 30522, 768 wide, 12 heads) with random weights and a padded
 batch. The contenders run interleaved, after a warm-up, and the median wall time of each is
-reported with its ratio to HuggingFace eager, then the peak memory each one adds, then a
-probing-style loop that caches one activation over many batches.
+reported with its ratio to HuggingFace eager and to our plain forward, then the peak memory
+each one adds, then a probing-style loop that caches one activation over many batches.
 
 Memory is the process's peak resident set size above what it held before the run (Linux
-VmHWM, reset through /proc/self/clear_refs). So that freed tensors go back to the OS rather
-than stay in the allocator, the script runs itself with MALLOC_MMAP_THRESHOLD_ set.
+VmHWM, reset through /proc/self/clear_refs). It is measured in a second process of this
+script, run with MALLOC_MMAP_THRESHOLD_ set so that freed tensors go back to the OS instead of
+staying in the allocator; the times are measured without that setting, which slows allocation.
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-
-if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # must be set before the process starts
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import torch
 from transformers import BertConfig, BertForMaskedLM
@@ -52,6 +51,7 @@ def main():
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--probe-batches", type=int, default=20)
+    parser.add_argument("--memory-only", action="store_true", help="(internal) print peak memory as JSON")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -85,6 +85,23 @@ def main():
             tokens, fwd_hooks=[(f"blocks.{middle}.attn.hook_z", ablate_head)], **our_inputs),
     }
 
+    def probe(n_batches):
+        """A probing-style loop: cache one activation per batch, keep only the [CLS] vector."""
+        features = []
+        with torch.no_grad():
+            for _ in range(n_batches):
+                _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{middle}.hook_resid_post", **our_inputs)
+                features.append(cache["resid_post", middle][:, 0].clone())
+        return torch.cat(features)
+
+    if args.memory_only:
+        with torch.no_grad():
+            memory = {name: peak_memory_mib(fn) for name, fn in contenders.items()}
+        memory["probe, 1 batch"] = peak_memory_mib(lambda: probe(1))
+        memory["probe, many batches"] = peak_memory_mib(lambda: probe(args.probe_batches))
+        print(json.dumps(memory))
+        return
+
     with torch.no_grad():
         for fn in contenders.values():  # warm-up
             fn()
@@ -94,10 +111,13 @@ def main():
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
-        memory = {name: peak_memory_mib(fn) for name, fn in contenders.items()}
+    del hf_eager, hf_sdpa, model  # free the memory before the memory-measuring process starts
+    memory_run = subprocess.run([sys.executable, *sys.argv, "--memory-only"], capture_output=True, text=True,
+                                env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}, check=True)
+    memory = json.loads(memory_run.stdout.strip().splitlines()[-1])
 
     print(f"bert-base width, {args.layers} layers, batch {args.batch} x {args.pos} tokens (padded), "
-          f"float32, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} runs\n")
+          f"float32, torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} runs\n")
     baseline = statistics.median(times["HF eager"])
     ours = statistics.median(times["ours, no hooks"])
     print(f"| {'contender':36} | median ms | vs HF eager | vs ours | peak MiB added |")
@@ -106,20 +126,9 @@ def main():
         median = statistics.median(times[name])
         print(f"| {name:36} | {median * 1000:9.1f} | {median / baseline:10.2f}x | {median / ours:6.2f}x "
               f"| {memory[name]:14.0f} |")
-
-    # Probing-style loop: cache one activation per batch, keep only the [CLS] vector.
-    def probe(n_batches):
-        features = []
-        with torch.no_grad():
-            for _ in range(n_batches):
-                _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{middle}.hook_resid_post", **our_inputs)
-                features.append(cache["resid_post", middle][:, 0].clone())
-        return torch.cat(features)
-
-    one = peak_memory_mib(lambda: probe(1))
-    many = peak_memory_mib(lambda: probe(args.probe_batches))
     print(f"\nProbing loop (run_with_cache of one hook, keep the [CLS] vector): peak memory added "
-          f"{one:.0f} MiB for 1 batch, {many:.0f} MiB for {args.probe_batches} batches.")
+          f"{memory['probe, 1 batch']:.0f} MiB for 1 batch, {memory['probe, many batches']:.0f} MiB "
+          f"for {args.probe_batches} batches.")
 
 
 if __name__ == "__main__":

@@ -445,7 +445,9 @@ class Unembed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.hook_in(x)
-        return self.hook_out(einsum("batch pos d_model, d_model d_vocab -> batch pos d_vocab", x, self.W_U) + self.b_U)
+        logits = einsum("batch pos d_model, d_model d_vocab -> batch pos d_vocab", x, self.W_U)
+        logits += self.b_U  # in place: the logits are by far the largest tensor, so don't copy them
+        return self.hook_out(logits)
 
 
 class BertPooler(nn.Module):
