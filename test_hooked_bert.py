@@ -986,3 +986,20 @@ def test_import_and_run_without_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__)))
     assert result.returncode == 0, f"hooked_bert must import and run with only torch:\n{result.stderr}"
+
+
+# ---------------------------------------------------------------------------------------------
+# tutorial.md runs, and still prints what it shows
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tutorial_runs_and_prints_what_it_shows(minilm_path, tmp_path):
+    pytest.importorskip("matplotlib", reason="the tutorial draws a figure: pip install matplotlib")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
+    try:
+        from run_tutorial import check_tutorial
+    finally:
+        sys.path.pop(0)
+    problems = check_tutorial(tmp_path)
+    assert not problems, "tutorial.md no longer prints what it shows:\n\n" + "\n\n".join(problems)
+    assert (tmp_path / "tutorial_attention.png").exists()

@@ -1,0 +1,97 @@
+"""Run tutorial.md's Python blocks in order, as one session, and compare what they print.
+
+A ```python block runs; the ```text block right after it, if any, is what it must print
+(numbers may differ by a little: 2% or 0.015). A ```python no-run block (it needs the
+internet) is shown but not run. test_hooked_bert.py calls `check_tutorial`; to rewrite the
+text blocks with what the code prints now (after changing the tutorial):
+    python scripts/run_tutorial.py --update
+"""
+
+import contextlib
+import io
+import os
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TUTORIAL = ROOT / "tutorial.md"
+BLOCK = re.compile(r"```(python|python no-run|text)\n(.*?)```\n", re.S)
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def blocks(text: str):
+    """[(kind, code, match)] for every fenced block of the tutorial, in order."""
+    return [(m.group(1), m.group(2), m) for m in BLOCK.finditer(text)]
+
+
+def run_blocks(text: str, workdir: Path) -> list[tuple[str, str, str]]:
+    """Run every python block in `workdir`; returns (code, printed, expected) for each."""
+    found, results, namespace = blocks(text), [], {"__name__": "__tutorial__"}
+    sys.path.insert(0, str(ROOT))
+    old_cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        for i, (kind, code, _) in enumerate(found):
+            if kind != "python":
+                continue
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                exec(compile(code, f"tutorial.md block {i}", "exec"), namespace)
+            following = found[i + 1] if i + 1 < len(found) else None
+            expected = following[1] if following and following[0] == "text" else None
+            results.append((code, printed.getvalue(), expected))
+    finally:
+        os.chdir(old_cwd)
+        sys.path.remove(str(ROOT))
+    return results
+
+
+def same_output(printed: str, expected: str) -> bool:
+    """The same words, and numbers within 2% or 0.015 of each other."""
+    if NUMBER.sub("#", printed).split() != NUMBER.sub("#", expected).split():
+        return False
+    for a, b in zip(map(float, NUMBER.findall(printed)), map(float, NUMBER.findall(expected))):
+        if abs(a - b) > 0.015 + 0.02 * max(abs(a), abs(b)):
+            return False
+    return True
+
+
+def check_tutorial(workdir: Path) -> list[str]:
+    """Problems found running the tutorial in `workdir` (empty if it all still holds)."""
+    problems = []
+    for code, printed, expected in run_blocks(TUTORIAL.read_text(), workdir):
+        if expected is not None and not same_output(printed, expected):
+            first_line = code.strip().splitlines()[0]
+            problems.append(f"block starting {first_line!r} printed:\n{printed}\nbut tutorial.md shows:\n{expected}")
+    return problems
+
+
+def update(workdir: Path):
+    """Rewrite each python block's text block with what the block prints now."""
+    text = TUTORIAL.read_text()
+    results = iter(run_blocks(text, workdir))
+    pieces, last = [], 0
+    found = blocks(text)
+    for i, (kind, code, match) in enumerate(found):
+        if kind != "python":
+            continue
+        _, printed, _ = next(results)
+        following = found[i + 1] if i + 1 < len(found) else None
+        if following and following[0] == "text":
+            pieces.append(text[last:following[2].start()] + f"```text\n{printed}```\n")
+            last = following[2].end()
+    TUTORIAL.write_text("".join(pieces) + text[last:])
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if "--update" in sys.argv:
+            update(ROOT)  # here, so that the figure the tutorial writes lands beside it
+            print("tutorial.md's outputs rewritten")
+        else:
+            problems = check_tutorial(Path(tmp))
+            print("\n\n".join(problems) or "tutorial.md: every output still holds")
+            sys.exit(1 if problems else 0)
