@@ -244,7 +244,9 @@ class PosEmbed(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         batch, n_pos = tokens.shape
-        return self.W_pos[:n_pos].expand(batch, n_pos, -1)  # [batch, pos, d_model]
+        positions = torch.arange(n_pos, device=tokens.device).expand(batch, n_pos)  # [batch, pos]
+        # Indexing makes a new tensor, so a hook that edits it in place cannot change W_pos.
+        return self.W_pos[positions]  # [batch, pos, d_model]
 
 
 class TokenTypeEmbed(nn.Module):

@@ -747,6 +747,20 @@ def broken_hook(tensor, hook):
 
 
 @small_only
+def test_editing_any_activation_in_place_never_changes_the_weights(ref, model):
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    def add_one_in_place(x, hook):
+        x += 1.0
+
+    with torch.no_grad():
+        for return_type in ("logits", "nsp_logits"):
+            model.run_with_hooks(ref.tokens, return_type, fwd_hooks=[(lambda name: True, add_one_in_place)])
+    changed = [name for name, p in model.named_parameters() if not torch.equal(p, weights[name])]
+    assert not changed, f"a hook editing its activation in place changed these weights: {changed}"
+
+
+@small_only
 @pytest.mark.parametrize("run", [
     lambda model, tokens: model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", broken_hook)]),
     lambda model, tokens: model.run_with_cache(tokens, remove_batch_dim=True),  # batch of 3: its hook raises

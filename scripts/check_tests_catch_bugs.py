@@ -34,7 +34,7 @@ MISTAKES = [
      '"gelu": F.gelu,', '"gelu": lambda x: F.gelu(x, approximate="tanh"),',
      "test_activation_functions", "exact erf GELU"),
     ("position ids start at 1",
-     "self.W_pos[:n_pos]", "self.W_pos[1:n_pos + 1]",
+     "positions = torch.arange(n_pos, device", "positions = 1 + torch.arange(n_pos, device",
      "test_pos_embed", "not from 1"),
     ("eps outside the square root",
      "(x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()", "x.pow(2).mean(-1, keepdim=True).sqrt() + self.eps",
