@@ -617,21 +617,23 @@ class HookedEncoder(nn.Module):
     def b_U(self) -> torch.Tensor:
         return self.unembed.b_U  # [d_vocab]
 
-    def _stack(self, get: Callable[[BertBlock], torch.Tensor]) -> torch.Tensor:
-        return torch.stack([get(block) for block in self.blocks])  # [n_layers, ...]
+    def _stack(self, sublayer: str, weight: str) -> torch.Tensor:
+        """One weight of every block, stacked: [n_layers, ...]; e.g. _stack("attn", "W_Q")."""
+        return torch.stack([getattr(getattr(block, sublayer), weight) for block in self.blocks])
 
-    W_Q = property(lambda self: self._stack(lambda block: block.attn.W_Q))  # [n_layers, n_heads, d_model, d_head]
-    W_K = property(lambda self: self._stack(lambda block: block.attn.W_K))
-    W_V = property(lambda self: self._stack(lambda block: block.attn.W_V))
-    W_O = property(lambda self: self._stack(lambda block: block.attn.W_O))  # [n_layers, n_heads, d_head, d_model]
-    b_Q = property(lambda self: self._stack(lambda block: block.attn.b_Q))  # [n_layers, n_heads, d_head]
-    b_K = property(lambda self: self._stack(lambda block: block.attn.b_K))
-    b_V = property(lambda self: self._stack(lambda block: block.attn.b_V))
-    b_O = property(lambda self: self._stack(lambda block: block.attn.b_O))  # [n_layers, d_model]
-    W_in = property(lambda self: self._stack(lambda block: block.mlp.W_in))  # [n_layers, d_model, d_mlp]
-    W_out = property(lambda self: self._stack(lambda block: block.mlp.W_out))  # [n_layers, d_mlp, d_model]
-    b_in = property(lambda self: self._stack(lambda block: block.mlp.b_in))  # [n_layers, d_mlp]
-    b_out = property(lambda self: self._stack(lambda block: block.mlp.b_out))  # [n_layers, d_model]
+    # Each of these is computed when read: model.W_Q[layer, head] is head `head`'s W_Q.
+    W_Q = property(lambda self: self._stack("attn", "W_Q"))  # [n_layers, n_heads, d_model, d_head]
+    W_K = property(lambda self: self._stack("attn", "W_K"))  # [n_layers, n_heads, d_model, d_head]
+    W_V = property(lambda self: self._stack("attn", "W_V"))  # [n_layers, n_heads, d_model, d_head]
+    W_O = property(lambda self: self._stack("attn", "W_O"))  # [n_layers, n_heads, d_head, d_model]
+    b_Q = property(lambda self: self._stack("attn", "b_Q"))  # [n_layers, n_heads, d_head]
+    b_K = property(lambda self: self._stack("attn", "b_K"))  # [n_layers, n_heads, d_head]
+    b_V = property(lambda self: self._stack("attn", "b_V"))  # [n_layers, n_heads, d_head]
+    b_O = property(lambda self: self._stack("attn", "b_O"))  # [n_layers, d_model]
+    W_in = property(lambda self: self._stack("mlp", "W_in"))  # [n_layers, d_model, d_mlp]
+    W_out = property(lambda self: self._stack("mlp", "W_out"))  # [n_layers, d_mlp, d_model]
+    b_in = property(lambda self: self._stack("mlp", "b_in"))  # [n_layers, d_mlp]
+    b_out = property(lambda self: self._stack("mlp", "b_out"))  # [n_layers, d_model]
 
     def all_head_labels(self) -> list[str]:
         return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]

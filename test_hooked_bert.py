@@ -631,7 +631,7 @@ def test_from_pretrained_refuses_a_non_bert_checkpoint(tmp_path):
     (dict(position_embedding_type="relative_key"), "position_embedding_type='relative_key' is not supported"),
     (dict(hidden_act="gelu_10"), "hidden_act='gelu_10' is not supported"),
     (dict(is_decoder=True), "decoder BERTs"),
-])
+], ids=["relative-positions", "unsupported-activation", "decoder"])
 def test_config_from_hf_refuses_what_it_cannot_reproduce(change, message):
     with pytest.raises(ValueError, match=message):
         hb.Config.from_hf(BertConfig(**SMALL, **change))
