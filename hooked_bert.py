@@ -331,7 +331,6 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_result = HookPoint()  # [batch, pos, head_index, d_model], if cfg.use_attn_result
 
-
     def forward(self, resid: torch.Tensor, key_is_padding: Optional[torch.Tensor]) -> torch.Tensor:
         """resid [batch, pos, d_model]; key_is_padding [batch, key_pos], True at padded tokens."""
         # Queries, keys and values: the same projection, each with its own weights.
@@ -340,7 +339,8 @@ class Attention(nn.Module):
         k = self.hook_k(einsum(project, resid, self.W_K) + self.b_K)
         v = self.hook_v(einsum(project, resid, self.W_V) + self.b_V)
 
-        # How much each query position wants to read from each key position.
+        # How much each query position wants to read from each key position:
+        # attn_scores [batch, head_index, query_pos, key_pos].
         attn_scores = einsum(
             "batch query_pos head_index d_head, batch key_pos head_index d_head -> batch head_index query_pos key_pos",
             q, k,
@@ -360,6 +360,7 @@ class Attention(nn.Module):
             v, pattern,
         ))
         if self.cfg.use_attn_result:
+            # Each head's output kept apart before summing: n_heads times the memory of attn_out.
             result = self.hook_result(einsum(
                 "batch pos head_index d_head, head_index d_head d_model -> batch pos head_index d_model", z, self.W_O
             ))
