@@ -858,6 +858,8 @@ class HookedEncoder(nn.Module):
         incl_bwd: also call backward() on the output (a scalar, e.g. return_type="loss") and
         save the gradients, as "<hook name>_grad".
         device: where to keep the saved tensors (e.g. "cpu" to spare accelerator memory).
+        Every hook of bert-base on 8 x 128 tokens is ~0.9 GB; on CPU, the time that costs is the
+        OS handing out fresh memory, not the hooks (README, "Speed"): filter what you need.
         """
         points = self._hook_points(names_filter if names_filter is not None else lambda name: True)
         cache: dict[str, torch.Tensor] = {}

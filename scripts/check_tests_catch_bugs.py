@@ -71,7 +71,7 @@ MISTAKES = [
      "return self.ln(self.act_fn(x))", "return self.act_fn(self.ln(x))",
      "test_mlm_head", "dense, then the activation, then LayerNorm"),
     ("MLM decoder bias forgotten",
-     "self.W_U) + self.b_U)", "self.W_U))",
+     "logits += self.b_U", "logits += 0",
      "test_unembed", "decoder bias"),
     ("pooler on the mean instead of the first token",
      "first_token = resid[:, 0]", "first_token = resid.mean(dim=1)",
@@ -95,6 +95,12 @@ def run_tests(folder: Path) -> tuple[dict[str, bool], str]:
     return passed, result.stdout
 
 
+def failure_report(output: str, test: str) -> str:
+    """The part of pytest's output that reports the failures of `test` (all its cases)."""
+    parts = re.split(r"^_{3,} (\S+) _{3,}$", output, flags=re.M)  # [before, name, report, name, report, ...]
+    return "".join(report for name, report in zip(parts[1::2], parts[2::2]) if name.split("[")[0] == test)
+
+
 def main() -> int:
     source = (ROOT / "hooked_bert.py").read_text()
     rows, all_caught = [], True
@@ -107,7 +113,7 @@ def main() -> int:
             shutil.copy(ROOT / "test_hooked_bert.py", folder)
             passed, output = run_tests(folder)
         fails = passed.get(test) is False
-        hinted = hint in output
+        hinted = hint in failure_report(output, test)
         earlier = COMPONENT_TESTS[:COMPONENT_TESTS.index(test)]
         broken_earlier = [name for name in earlier if passed.get(name) is False]
         caught = fails and hinted and not broken_earlier
