@@ -218,26 +218,20 @@ def test_activation_functions(act_fn):
 
 
 def test_embed(ref):
-    embed = fresh(hb.Embed(ref.cfg))
-    with torch.no_grad():
-        embed.W_E.copy_(ref.hf.bert.embeddings.word_embeddings.weight)
+    embed = make_embed(ref.cfg, ref.hf.bert.embeddings).embed
     check(embed(ref.tokens), ref.outputs["bert.embeddings.word_embeddings"],
           "Embed: row `token` of W_E for each token, shape [batch, pos, d_model]")
 
 
 def test_pos_embed(ref):
-    pos_embed = fresh(hb.PosEmbed(ref.cfg))
-    with torch.no_grad():
-        pos_embed.W_pos.copy_(ref.hf.bert.embeddings.position_embeddings.weight)
+    pos_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).pos_embed
     expected = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
     check(pos_embed(ref.tokens), expected,
           "PosEmbed: positions count 0, 1, 2, ... (not from 1), the same in every row of the batch")
 
 
 def test_token_type_embed(ref):
-    token_type_embed = fresh(hb.TokenTypeEmbed(ref.cfg))
-    with torch.no_grad():
-        token_type_embed.W_token_type.copy_(ref.hf.bert.embeddings.token_type_embeddings.weight)
+    token_type_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).token_type_embed
     check(token_type_embed(ref.token_type_ids), ref.outputs["bert.embeddings.token_type_embeddings"],
           "TokenTypeEmbed: row `token_type` of W_token_type (0 for sentence A, 1 for B)")
 
