@@ -111,7 +111,6 @@ def main():
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
-    del hf_eager, hf_sdpa, model  # free the memory before the memory-measuring process starts
     memory_run = subprocess.run([sys.executable, *sys.argv, "--memory-only"], capture_output=True, text=True,
                                 env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}, check=True)
     memory = json.loads(memory_run.stdout.strip().splitlines()[-1])
