@@ -59,6 +59,8 @@ class HookPoint(nn.Module):
         self.ctx: dict = {}  # scratch space a hook function may use to keep state
 
     def add_hook(self, fn: Callable, dir: str = "fwd") -> None:
+        if not callable(fn):
+            raise TypeError(f"a hook must be a function fn(tensor, hook), got {type(fn).__name__}")
         if dir == "fwd":
             self.fwd_hooks.append(fn)
         elif dir == "bwd":
@@ -505,10 +507,10 @@ def get_act_name(name: str, layer: Optional[int] = None, layer_type: Optional[st
     return f"blocks.{layer}.{sublayer}hook_{name}"
 
 
-def _unknown_name_error(name: str, known) -> KeyError:
+def _unknown_name_error(name: str, known, where: str = "model.hook_dict") -> KeyError:
     close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    return KeyError(f"no hook named {name!r}{hint} (model.hook_dict lists every hook name)")
+    return KeyError(f"no hook named {name!r} in {where}{hint}")
 
 
 class ActivationCache:
@@ -532,7 +534,7 @@ class ActivationCache:
         elif key not in self.cache_dict:
             key = get_act_name(key)
         if key not in self.cache_dict:
-            raise _unknown_name_error(key, self.cache_dict)
+            raise _unknown_name_error(key, self.cache_dict, "this cache (run_with_cache's names_filter chose what to save)")
         return self.cache_dict[key]
 
     def __contains__(self, name: str) -> bool:
@@ -570,6 +572,11 @@ class HookedEncoder(nn.Module):
 
     def __init__(self, cfg: Config, tokenizer=None):
         super().__init__()
+        if isinstance(cfg, dict):
+            cfg = Config(**cfg)
+        if not isinstance(cfg, Config):
+            raise TypeError(f"HookedEncoder needs a Config (or a dict of its fields), got {type(cfg).__name__}; "
+                            "to load a pretrained model, use HookedEncoder.from_pretrained(name_or_folder)")
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.embed = BertEmbed(cfg)
@@ -821,7 +828,10 @@ class HookedEncoder(nn.Module):
         added = []
         try:
             for dir, hook_list in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
-                for name_or_filter, fn in hook_list:
+                for pair in hook_list:
+                    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                        raise TypeError(f"{dir}_hooks must be a list of (name or filter, function) pairs; got an item {pair!r}")
+                    name_or_filter, fn = pair
                     for point in self._hook_points(name_or_filter):
                         point.add_hook(fn, dir)
                         added.append((point, fn, dir))

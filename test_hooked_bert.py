@@ -631,6 +631,13 @@ def test_config_from_hf_refuses_what_it_cannot_reproduce(change, message):
         hb.Config.from_hf(BertConfig(**SMALL, **change))
 
 
+def test_hooked_encoder_wants_a_config():
+    with pytest.raises(TypeError, match=r"use HookedEncoder.from_pretrained\(name_or_folder\)"):
+        hb.HookedEncoder("bert-base-uncased")
+    fields = dict(d_vocab=10, n_ctx=8, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_layers=1)
+    assert hb.HookedEncoder(fields).cfg == hb.Config(**fields)
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="Config.n_heads must be a positive int"):
         hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=0, d_head=4, d_mlp=16, n_layers=1)
@@ -788,6 +795,15 @@ def test_a_hook_returning_the_wrong_shape_is_an_error(ref, model):
 def test_an_unknown_hook_name_suggests_close_matches(model):
     with pytest.raises(KeyError, match="did you mean 'blocks.0.attn.hook_pattern'"):
         model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long), fwd_hooks=[("blocks.0.attn.hook_patern", print)])
+    assert no_hooks_left(model)
+
+
+@small_only
+def test_malformed_hook_lists_get_a_clear_error(ref, model):
+    with pytest.raises(TypeError, match=r"fwd_hooks must be a list of \(name or filter, function\) pairs"):
+        model.run_with_hooks(ref.tokens, fwd_hooks=("hook_full_embed", print))  # a pair, not a list of pairs
+    with pytest.raises(TypeError, match="a hook must be a function"):
+        model.run_with_hooks(ref.tokens, fwd_hooks=[("hook_full_embed", "not a function")])
     assert no_hooks_left(model)
 
 
