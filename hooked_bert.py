@@ -1019,7 +1019,11 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: Config) -> t
     else:
         missing_heads.update(("mlm_head", "unembed"))
 
-    problems += [f"unexpected: {key}" for key in hf if key not in used]
+    unexpected = [key for key in hf if key not in used]
+    problems += [f"unexpected: {key}" for key in unexpected]
+    if unexpected:
+        problems.append("(hooked_bert has the MLM, pooler and next-sentence heads only: drop the keys of any "
+                        "other head, such as a fine-tuned classifier, to load the encoder)")
     if problems:
         raise ValueError("this state dict does not fit the config:\n  " + "\n  ".join(problems))
     return ours, missing_heads
