@@ -837,12 +837,15 @@ class HookedEncoder(nn.Module):
                         added.append((point, fn, dir))
             yield self
         except BaseException:
-            reset_hooks_end = True
+            self._remove(added)  # after an error, never leave a hook behind
             raise
-        finally:
-            if reset_hooks_end:
-                for point, fn, dir in added:
-                    point.remove_hook(fn, dir)
+        if reset_hooks_end:
+            self._remove(added)
+
+    @staticmethod
+    def _remove(added: list[tuple[HookPoint, Callable, str]]):
+        for point, fn, dir in added:
+            point.remove_hook(fn, dir)
 
     def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, **model_kwargs):
         """model(*model_args, **model_kwargs) with hooks attached, removed again afterwards."""
