@@ -361,13 +361,15 @@ class Attention(nn.Module):
             "batch key_pos head_index d_head, batch head_index query_pos key_pos -> batch query_pos head_index d_head",
             v, pattern,
         ))
+        # Each head writes back through its own W_O, and the heads' outputs are summed.
         if self.cfg.use_attn_result:
-            # Each head's output kept apart before summing: n_heads times the memory of attn_out.
+            # The same, with each head's output kept apart first (n_heads times the memory).
             result = self.hook_result(einsum(
                 "batch pos head_index d_head, head_index d_head d_model -> batch pos head_index d_model", z, self.W_O
             ))
             return result.sum(dim=2) + self.b_O  # [batch, pos, d_model]
-        return einsum("batch pos head_index d_head, head_index d_head d_model -> batch pos d_model", z, self.W_O) + self.b_O
+        attn_out = einsum("batch pos head_index d_head, head_index d_head d_model -> batch pos d_model", z, self.W_O)
+        return attn_out + self.b_O  # [batch, pos, d_model]
 
 
 class MLP(nn.Module):
@@ -1017,7 +1019,8 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: Config) -> t
         # HF's forward adds cls.predictions.decoder.bias; older checkpoints store only
         # cls.predictions.bias, which newer ones keep as a tied copy.
         has_decoder_bias = "cls.predictions.decoder.bias" in hf
-        ours["unembed.b_U"] = take("cls.predictions.decoder.bias" if has_decoder_bias else "cls.predictions.bias", cfg.d_vocab)
+        bias_key = "cls.predictions.decoder.bias" if has_decoder_bias else "cls.predictions.bias"
+        ours["unembed.b_U"] = take(bias_key, cfg.d_vocab)
         used.add("cls.predictions.bias")
     else:
         missing_heads.update(("mlm_head", "unembed"))
