@@ -117,11 +117,16 @@ class HookPoint(nn.Module):
 # 2. Config
 # ---------------------------------------------------------------------------------------------
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation (GPT-2's); HuggingFace calls it "gelu_new"."""
+    return F.gelu(x, approximate="tanh")
+
+
 # The activations BERT checkpoints use, by their HuggingFace `hidden_act` names.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact GELU, x * Phi(x) with the erf: what original BERT uses
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # the tanh approximation (GPT-2's)
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
     "relu": F.relu,
     "silu": F.silu,
     "swish": F.silu,
@@ -212,7 +217,8 @@ class Config:
 def _einsum_letters(spec: str) -> str:
     """Translate named dimensions to the single letters torch.einsum wants:
     "batch pos d_model, d_model d_mlp -> batch pos d_mlp" becomes "abc,cd->abd"."""
-    letters: dict[str, str] = {}
+    letters: dict[str, str] = {}  # dimension name -> letter, a, b, c, ... in order of first use
+
     def translate(part: str) -> str:
         return "".join(letters.setdefault(name, chr(ord("a") + len(letters))) for name in part.split())
     inputs, output = spec.split("->")
@@ -910,7 +916,7 @@ class HookedEncoder(nn.Module):
         ours = self.state_dict()
         for name in ours:
             if name.split(".")[0] in missing_heads:
-                converted[name] = ours[name]  # keep the random weights, but remember they are
+                converted[name] = ours[name]  # keep them; missing_heads records they are not real
         self.load_state_dict(converted, strict=True)
         self.missing_heads = missing_heads
         return self
@@ -922,16 +928,16 @@ class HookedEncoder(nn.Module):
         "bert-base-uncased" or a local folder. With hf_model given, converts that model and
         touches neither the hub nor the disk (pass tokenizer= for text input)."""
         if hf_model is not None:
-            hf_config, state_dict = hf_model.config, hf_model.state_dict()
+            cfg, state_dict = Config.from_hf(hf_model.config), hf_model.state_dict()
         else:
             import transformers
 
-            hf_config = transformers.AutoConfig.from_pretrained(name_or_path)
-            Config.from_hf(hf_config)  # refuse a non-BERT checkpoint before reading its weights
+            # The config first, so that a non-BERT checkpoint is refused before its weights are read.
+            cfg = Config.from_hf(transformers.AutoConfig.from_pretrained(name_or_path))
             state_dict = read_hf_weights(name_or_path)
             if tokenizer is None:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
-        model = cls(Config.from_hf(hf_config), tokenizer=tokenizer)
+        model = cls(cfg, tokenizer=tokenizer)
         model.load_hf_state_dict(state_dict)
         return model.to(device=device, dtype=dtype).eval()
 
