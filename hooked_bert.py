@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import math
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -85,6 +87,9 @@ class HookPoint(nn.Module):
             replacement = fn(x, hook=self)
             if replacement is not None:
                 x = self._check_replacement(replacement, x, "forward hook", "activation")
+        if self.bwd_hooks and not torch.is_grad_enabled():
+            raise RuntimeError(f"{self.name} has a backward hook (bwd_hooks or incl_bwd=True), but gradients are "
+                               "disabled here (torch.no_grad() or torch.inference_mode()), so it could never run")
         if self.bwd_hooks and x.requires_grad:
             for fn in self.bwd_hooks:
                 x.register_hook(self._tensor_hook_for(fn))
@@ -110,7 +115,7 @@ class HookPoint(nn.Module):
                 f"{kind} on {self.name} returned {got}; it must return None or a tensor of the "
                 f"{what}'s shape {tuple(old.shape)}"
             )
-        return new
+        return new.to(old.device, old.dtype)  # e.g. a float64 edit in a float32 model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +168,8 @@ class Config:
             raise ValueError(f"Config.act_fn must be one of {sorted(ACTIVATIONS)}, got {self.act_fn!r}")
         if not self.eps > 0:
             raise ValueError(f"Config.eps must be > 0, got {self.eps!r}")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.d_vocab:
+            raise ValueError(f"Config.pad_token_id must be None or in [0, {self.d_vocab}), got {self.pad_token_id!r}")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"Config.{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -271,9 +278,10 @@ class TokenTypeEmbed(nn.Module):
 class LayerNorm(nn.Module):
     """LayerNorm over d_model: centre, divide by the standard deviation, then scale and shift.
 
-    eps sits inside the square root, as in PyTorch and HuggingFace.
-    hook_scale is the standard deviation [batch, pos, 1]; hook_normalized is the output,
-    after w and b (as in TransformerLens).
+    eps sits inside the square root, as in PyTorch and HuggingFace. hook_scale is the standard
+    deviation [batch, pos, 1]; hook_normalized is (x - mean) / scale, before w and b (as in
+    TransformerLens). float16 overflows above 65504, so x.pow(2) does for |x| > 256: for half
+    precision the statistics are taken in float32 (and the hooks see float32).
     """
 
     def __init__(self, cfg: Config):
@@ -285,9 +293,13 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
         x = x - x.mean(-1, keepdim=True)  # [batch, pos, d_model]
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w + self.b)
+        normalized = self.hook_normalized(x / scale)
+        return (normalized * self.w + self.b).to(dtype)  # [batch, pos, d_model]
 
 
 class BertEmbed(nn.Module):
@@ -304,7 +316,9 @@ class BertEmbed(nn.Module):
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_token_type_embed = HookPoint()  # [batch, pos, d_model]
 
-    def forward(self, tokens: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(tokens)  # everything is sentence A
         embed = self.hook_embed(self.embed(tokens))
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))
         token_type_embed = self.hook_token_type_embed(self.token_type_embed(token_type_ids))
@@ -417,7 +431,7 @@ class BertBlock(nn.Module):
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
         self.hook_normalized_resid_post = HookPoint()  # [batch, pos, d_model]
 
-    def forward(self, resid_pre: torch.Tensor, key_is_padding: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, resid_pre: torch.Tensor, key_is_padding: Optional[torch.Tensor] = None) -> torch.Tensor:
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.hook_attn_out(self.dropout(self.attn(resid_pre, key_is_padding)))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
@@ -626,6 +640,11 @@ class HookedEncoder(nn.Module):
         return self.embed.pos_embed.W_pos  # [n_ctx, d_model]
 
     @property
+    def W_E_pos(self) -> torch.Tensor:
+        """W_E and W_pos stacked, [d_vocab + n_ctx, d_model]: every input direction at once."""
+        return torch.cat([self.W_E, self.W_pos])
+
+    @property
     def W_U(self) -> torch.Tensor:
         return self.unembed.W_U  # [d_model, d_vocab]
 
@@ -699,7 +718,7 @@ class HookedEncoder(nn.Module):
         low_seen, high_seen = int(ids.min()), int(ids.max())
         if low_seen < 0 or high_seen >= high:
             raise ValueError(f"{name} must lie in [0, {high}), got values from {low_seen} to {high_seen}")
-        return ids.to(self.W_E.device)
+        return ids.to(self.W_E.device, torch.long)
 
     def _check_inputs(self, tokens, token_type_ids, one_zero_attention_mask):
         """Validate the three [batch, pos] inputs. Returns tokens, token_type_ids and
@@ -804,7 +823,7 @@ class HookedEncoder(nn.Module):
             raise ValueError("labels are all -100: no position to compute the loss on")
         if (labels[scored] < 0).any() or (labels[scored] >= self.cfg.d_vocab).any():
             raise ValueError(f"labels must be -100 or token ids in [0, {self.cfg.d_vocab})")
-        return labels.to(self.W_E.device)
+        return labels.to(self.W_E.device, torch.long)
 
     def _mask_positions(self, tokens) -> list[torch.Tensor]:
         if self.tokenizer is None or self.tokenizer.mask_token_id is None:
@@ -821,12 +840,17 @@ class HookedEncoder(nn.Module):
         if isinstance(name_or_filter, str):
             if name_or_filter not in self.hook_dict:
                 raise _unknown_name_error(name_or_filter, self.hook_dict)
-            return [self.hook_dict[name_or_filter]]
-        if isinstance(name_or_filter, (list, tuple)):
+            points = [self.hook_dict[name_or_filter]]
+        elif isinstance(name_or_filter, (list, tuple)):
             return [point for name in name_or_filter for point in self._hook_points(name)]
-        if callable(name_or_filter):
-            return [point for name, point in self.hook_dict.items() if name_or_filter(name)]
-        raise TypeError(f"a hook is chosen by a name, a list of names or a function of the name; got {name_or_filter!r}")
+        elif callable(name_or_filter):
+            points = [point for name, point in self.hook_dict.items() if name_or_filter(name)]
+        else:
+            raise TypeError(f"a hook is chosen by a name, a list of names or a function of the name; got {name_or_filter!r}")
+        firing = [point for point in points if self.cfg.use_attn_result or not point.name.endswith("hook_result")]
+        if points and not firing:
+            raise ValueError(f"{points[0].name} only runs with use_attn_result=True: set model.cfg.use_attn_result = True")
+        return firing
 
     @contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True):
@@ -884,13 +908,15 @@ class HookedEncoder(nn.Module):
         """
         points = self._hook_points(names_filter if names_filter is not None else lambda name: True)
         cache: dict[str, torch.Tensor] = {}
+        # A hook of yours that edits in place could change a tensor already saved: then save copies.
+        snapshot = any(point.fwd_hooks or point.bwd_hooks for point in self.hook_dict.values())
 
         def save(tensor, hook, suffix=""):
             if remove_batch_dim:
                 if tensor.shape[0] != 1:
                     raise ValueError(f"remove_batch_dim=True needs a batch of one, got batch {tensor.shape[0]}")
                 tensor = tensor[0]
-            tensor = tensor.detach()
+            tensor = tensor.detach().clone() if snapshot else tensor.detach()
             cache[hook.name + suffix] = tensor if device is None else tensor.to(device)
 
         def save_grad(grad, hook):
@@ -898,12 +924,22 @@ class HookedEncoder(nn.Module):
 
         fwd_hooks = [(point.name, save) for point in points]
         bwd_hooks = [(point.name, save_grad) for point in points] if incl_bwd else []
-        with self.hooks(fwd_hooks, bwd_hooks):
-            output = self(*model_args, **model_kwargs)
-            if incl_bwd:
-                if not isinstance(output, torch.Tensor) or output.numel() != 1:
-                    raise ValueError("incl_bwd=True needs a scalar output to differentiate, e.g. return_type='loss'")
-                output.backward()
+        try:
+            with self.hooks(fwd_hooks, bwd_hooks):
+                output = self(*model_args, **model_kwargs)
+                if incl_bwd:
+                    if not isinstance(output, torch.Tensor) or output.numel() != 1:
+                        raise ValueError("incl_bwd=True needs a scalar output to differentiate, e.g. return_type='loss'")
+                    output.backward()
+        except RuntimeError as error:  # torch.OutOfMemoryError is one
+            if not isinstance(error, torch.OutOfMemoryError) and "allocate memory" not in str(error):
+                raise
+            wanted, saved_gb = len(fwd_hooks) + len(bwd_hooks), sum(t.nbytes for t in cache.values()) / 1e9
+            raise type(error)(
+                f"out of memory in run_with_cache after saving {len(cache)} of {wanted} activations "
+                f"({saved_gb:.2f} GB; all would need roughly {saved_gb * wanted / max(len(cache), 1):.1f} GB). "
+                "Save only what you need with names_filter=, or keep the cache elsewhere with device="
+            ) from error
         return output, ActivationCache(cache, self.cfg.n_layers, has_batch_dim=not remove_batch_dim)
 
     # -- Loading (the conversion itself is in section 5) -------------------------------------
@@ -923,20 +959,20 @@ class HookedEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, hf_model=None, tokenizer=None, device=None,
-                        dtype: torch.dtype = torch.float32) -> "HookedEncoder":
+                        dtype: torch.dtype = torch.float32, torch_dtype=None, revision=None) -> "HookedEncoder":
         """A HookedEncoder with the weights of a HuggingFace BERT: a hub name such as
-        "bert-base-uncased" or a local folder. With hf_model given, converts that model and
-        touches neither the hub nor the disk (pass tokenizer= for text input)."""
+        "bert-base-uncased" (revision= picks a hub branch or commit) or a local folder. With
+        hf_model given, converts that model and touches neither the hub nor the disk (pass
+        tokenizer= for text input). torch_dtype= is TransformerLens's name for dtype=."""
+        dtype = torch_dtype or dtype
         if hf_model is not None:
             cfg, state_dict = Config.from_hf(hf_model.config), hf_model.state_dict()
         else:
-            import transformers
-
             # The config first, so that a non-BERT checkpoint is refused before its weights are read.
-            cfg = Config.from_hf(transformers.AutoConfig.from_pretrained(name_or_path))
-            state_dict = read_hf_weights(name_or_path)
+            cfg = Config.from_hf(read_hf_config(name_or_path, revision))
+            state_dict = read_hf_weights(name_or_path, revision)
             if tokenizer is None:
-                tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
+                tokenizer = read_hf_tokenizer(name_or_path, revision)
         model = cls(cfg, tokenizer=tokenizer)
         model.load_hf_state_dict(state_dict)
         return model.to(device=device, dtype=dtype).eval()
@@ -1031,6 +1067,8 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: Config) -> t
     else:
         missing_heads.update(("mlm_head", "unembed"))
 
+    problems += [f"not finite (NaN or inf): {key}" for key, value in hf.items()
+                 if value.is_floating_point() and not torch.isfinite(value).all()]
     unexpected = [key for key in hf if key not in used]
     problems += [f"unexpected: {key}" for key in unexpected]
     if unexpected:
@@ -1041,28 +1079,83 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: Config) -> t
     return ours, missing_heads
 
 
-def read_hf_weights(name_or_path: str) -> dict[str, torch.Tensor]:
-    """The state dict of a HuggingFace checkpoint, a local folder or a hub name, read without
-    unpickling code (safetensors, or torch.load with weights_only=True)."""
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        if os.path.isdir(name_or_path):
-            path = os.path.join(name_or_path, filename)
-            if not os.path.exists(path):
-                continue
-        else:
-            from huggingface_hub import hf_hub_download
-            from huggingface_hub.errors import EntryNotFoundError
+def read_hf_config(name_or_path: str, revision=None):
+    """The transformers config of a local folder or a hub name, with errors that say what to do."""
+    import transformers
 
-            try:
-                path = hf_hub_download(name_or_path, filename)
-            except EntryNotFoundError:
-                continue
-        if filename.endswith(".safetensors"):
+    if os.path.isfile(name_or_path):
+        raise ValueError(f"{name_or_path!r} is a file: pass the folder that holds it and config.json "
+                         f"({os.path.dirname(name_or_path) or '.'!r})")
+    is_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if is_path and not os.path.isdir(name_or_path):
+        raise FileNotFoundError(f"no folder {name_or_path!r}: it does not exist")
+    try:
+        return transformers.AutoConfig.from_pretrained(name_or_path, revision=revision)
+    except OSError as error:
+        if os.path.isdir(name_or_path):
+            raise
+        raise OSError(f"could not load {name_or_path!r}: there is no such local folder, and the HuggingFace hub "
+                      f"did not give it (offline?). Pass the path of a folder with config.json and the weights."
+                      ) from error
+
+
+def read_hf_tokenizer(name_or_path: str, revision=None):
+    """The tokenizer of a checkpoint, or None for a local folder without tokenizer files (then
+    token ids still work and text input says it needs a tokenizer)."""
+    import transformers
+
+    files = ("tokenizer.json", "vocab.txt")
+    if os.path.isdir(name_or_path) and not any(os.path.exists(os.path.join(name_or_path, f)) for f in files):
+        warnings.warn(f"{name_or_path!r} has no tokenizer ({' or '.join(files)}): loaded without one, "
+                      "so give token ids, or pass tokenizer=")
+        return None
+    return transformers.AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+
+
+def read_hf_weights(name_or_path: str, revision=None) -> dict[str, torch.Tensor]:
+    """The state dict of a HuggingFace checkpoint, a local folder or a hub name, read without
+    unpickling code (safetensors, or torch.load with weights_only=True). A sharded checkpoint
+    (model.safetensors.index.json) is read shard by shard."""
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        index = _checkpoint_file(name_or_path, filename + ".index.json", revision)
+        if index is not None:
+            with open(index) as file:
+                shards = sorted(set(json.load(file)["weight_map"].values()))
+            paths = [_checkpoint_file(name_or_path, shard, revision) for shard in shards]
+        else:
+            paths = [_checkpoint_file(name_or_path, filename, revision)]
+        if None not in paths:
+            state_dict = {}
+            for path in paths:
+                state_dict.update(_read_weights_file(path))
+            return state_dict
+    raise FileNotFoundError(f"found neither model.safetensors nor pytorch_model.bin (nor their sharded "
+                            f".index.json) for {name_or_path!r}")
+
+
+def _checkpoint_file(name_or_path: str, filename: str, revision=None) -> Optional[str]:
+    """The local path of one file of a checkpoint (downloaded if it is on the hub), or None."""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, filename)
+        return path if os.path.exists(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(name_or_path, filename, revision=revision)
+    except EntryNotFoundError:
+        return None
+
+
+def _read_weights_file(path: str) -> dict[str, torch.Tensor]:
+    try:
+        if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"found neither model.safetensors nor pytorch_model.bin for {name_or_path!r}")
+    except Exception as error:
+        raise ValueError(f"could not read the weights file {path}: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1102,9 +1195,8 @@ def demo_random_weights():
           f"{(ablated - logits).abs().max().item():.3f} and changes the top prediction at {changed:.0%} of positions.")
 
 
-def demo_pretrained(name_or_path: str, text: str):
-    """Load a real BERT and show what it sees in `text`."""
-    model = HookedEncoder.from_pretrained(name_or_path)
+def demo_pretrained(model: "HookedEncoder", name_or_path: str, text: str):
+    """Show what a real BERT sees in `text`."""
     print(f"Loaded {name_or_path}: {model.cfg}\n")
     if "mlm_head" not in model.missing_heads and model.tokenizer.mask_token in text:
         print(f"Predictions at the {model.tokenizer.mask_token} tokens: {model(text, return_type='predictions')}\n")
@@ -1124,5 +1216,10 @@ def demo_pretrained(name_or_path: str, text: str):
 if __name__ == "__main__":
     if len(sys.argv) == 1:
         demo_random_weights()
-    else:
-        demo_pretrained(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "The capital of France is [MASK].")
+        sys.exit()
+    try:
+        model = HookedEncoder.from_pretrained(sys.argv[1])
+    except (OSError, ValueError) as error:
+        sys.exit(f"{error}\nWithout the internet, give a local folder instead, or run `python hooked_bert.py` "
+                 "for the offline demo.")
+    demo_pretrained(model, sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "The capital of France is [MASK].")

@@ -869,8 +869,8 @@ def test_run_with_cache_remove_batch_dim_and_device(ref, model):
         assert cache["resid_post", 0].shape == (ref.tokens.shape[1], model.cfg.d_model)
         with pytest.raises(ValueError, match="remove_batch_dim=True needs a batch of one"):
             model.run_with_cache(ref.tokens, remove_batch_dim=True)
-        with pytest.raises(ValueError, match="incl_bwd=True needs a scalar output"):
-            model.run_with_cache(ref.tokens, incl_bwd=True)
+    with pytest.raises(ValueError, match="incl_bwd=True needs a scalar output"):
+        model.run_with_cache(ref.tokens, incl_bwd=True)
     assert no_hooks_left(model)
 
 
