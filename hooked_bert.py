@@ -30,7 +30,7 @@ import os
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Optional
 
 import torch
@@ -794,13 +794,17 @@ def check_config(cfg: Config):
 
 
 def as_config(cfg) -> Config:
+    """A Config, from a Config, a dict of its fields, or an object that has them (such as
+    TransformerLens's HookedTransformerConfig, whose other fields are ignored)."""
+    if isinstance(cfg, Config):
+        return cfg
+    if all(hasattr(cfg, name) for name in ("d_vocab", "n_ctx", "d_model", "n_layers")):
+        cfg = {f.name: getattr(cfg, f.name) for f in fields(Config) if hasattr(cfg, f.name)}
     if isinstance(cfg, dict):
         return Config(**cfg)
-    if not isinstance(cfg, Config):
-        raise TypeError(f"HookedEncoder needs a Config (or a dict of its fields), got "
-                        f"{type(cfg).__name__}; to load a pretrained model, use "
-                        "HookedEncoder.from_pretrained(name_or_folder)")
-    return cfg
+    raise TypeError(f"HookedEncoder needs a Config (or a dict of its fields), got "
+                    f"{type(cfg).__name__}; to load a pretrained model, use "
+                    "HookedEncoder.from_pretrained(name_or_folder)")
 
 
 # The heads each return_type needs.

@@ -236,6 +236,15 @@ def test_running_out_of_memory_while_caching_says_what_to_do(small):
 # -- TransformerLens spellings ----------------------------------------------------------------------------
 
 
+def test_a_config_object_with_the_fields_is_accepted():
+    """Like TransformerLens's HookedTransformerConfig: the fields Config has are taken."""
+    from types import SimpleNamespace
+
+    fields = dict(d_vocab=10, n_ctx=8, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_layers=1, eps=1e-5)
+    tl_like = SimpleNamespace(**fields, device="cpu", normalization_type="LN")
+    assert hb.HookedEncoder(tl_like).cfg == hb.Config(**fields)
+
+
 def test_transformer_lens_spellings(saved, small):
     _, folder, expected = saved
     model = hb.HookedEncoder.from_pretrained(str(folder), torch_dtype=torch.float64, tokenizer="unused")
