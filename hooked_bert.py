@@ -1,8 +1,9 @@
 """hooked_bert.py: BERT in one readable file, with a hook on every interesting activation.
 
-How to read it. Part 1 (lines 41-574) is BERT: a tiny `HookPoint`, the `Config`, every
-component in the order data flows through it (embeddings, LayerNorm, attention, MLP, the
-post-LN block, then the heads), and `HookedEncoder`, which puts them together. Part 2 is the
+How to read it. Part 1 (lines 42-587) is BERT: a tiny `HookPoint`, the `Config` (with the
+activation functions and a named-dimension `einsum`), every component in the order data flows
+through it (embeddings, LayerNorm, attention, MLP, the post-LN block, then the heads), and
+`HookedEncoder`, which puts them together; its last methods are doors to part 2. Part 2 is the
 machinery around BERT: the hook API and the activation cache, input checks and text input,
 loading HuggingFace weights, and a demo (`python hooked_bert.py [model name or folder] [text]`).
 Read part 1 first; you may never need part 2. tutorial.md walks through both.
@@ -44,7 +45,8 @@ from torch import Tensor
 
 
 class HookPoint(nn.Module):
-    """An identity module that hook functions can hang on.
+    """An identity module: BERT's numbers pass through it unchanged. It is where hook
+    functions can hang, to read or edit an activation (the API is in part 2).
 
     A forward hook `fn(activation, hook)` sees the activation as it passes; it may return a
     tensor of the same shape to replace it, or None to leave it (or edit it in place). A
@@ -106,7 +108,7 @@ class Config:
     n_ctx: int  # number of position embeddings: the longest input the model can read
     d_model: int  # width of the residual stream
     n_heads: int
-    d_head: int  # BERT checkpoints have d_model == n_heads * d_head, but nothing here needs it
+    d_head: int  # BERT checkpoints have d_model == n_heads * d_head; the components don't need it
     d_mlp: int  # width of the MLP's hidden layer (4 * d_model in BERT)
     n_layers: int
     n_token_types: int = 2  # segment embeddings: sentence A / sentence B
@@ -114,7 +116,7 @@ class Config:
     act_fn: str = "gelu"  # a key of ACTIVATIONS; used in the MLP and in the masked-LM head
     hidden_dropout: float = 0.1  # on embeddings, attention output and MLP output (train() only)
     attention_dropout: float = 0.1  # on the attention pattern (train() only)
-    use_attn_result: bool = False  # also compute hook_result: each head's output, [.., d_model]
+    use_attn_result: bool = False  # not BERT, a hook option: also compute each head's output
     initializer_range: float = 0.02  # std of the normal init of weight matrices and embeddings
     pad_token_id: Optional[int] = None  # this row of W_E gets no gradient (as in HuggingFace)
 
@@ -130,7 +132,9 @@ class Config:
 @functools.lru_cache(maxsize=None)
 def _einsum_letters(spec: str) -> str:
     """Translate named dimensions to the single letters torch.einsum wants:
-    "batch pos d_model, d_model d_mlp -> batch pos d_mlp" becomes "abc,cd->abd"."""
+    "batch pos d_model, d_model d_mlp -> batch pos d_mlp" becomes "abc,cd->abd". A name is only
+    a label: the same name in two operands is the same axis, so the `pos` of q can be called
+    `query_pos` and the `pos` of k `key_pos` when both appear in one einsum."""
     letters: dict[str, str] = {}  # dimension name -> letter, a, b, c, ... in order of first use
 
     def translate(part: str) -> str:
@@ -173,7 +177,8 @@ class PosEmbed(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         batch, n_pos = tokens.shape
         positions = torch.arange(n_pos, device=tokens.device).expand(batch, n_pos)  # [batch, pos]
-        # Indexing makes a new tensor, so a hook that edits it in place cannot change W_pos.
+        # Indexing makes a new tensor. (W_pos[:n_pos] would be a view of the weights, which a
+        # hook editing its activation in place would change.)
         return self.W_pos[positions]  # [batch, pos, d_model]
 
 
@@ -193,8 +198,9 @@ class LayerNorm(nn.Module):
 
     eps sits inside the square root, as in PyTorch and HuggingFace. hook_scale is the standard
     deviation [batch, pos, 1]; hook_normalized is (x - mean) / scale, before w and b (as in
-    TransformerLens). float16 overflows above 65504, so x.pow(2) does for |x| > 256: in half
-    precision the statistics are taken in float32 (and the hooks see float32).
+    TransformerLens). In half precision the statistics are taken in float32 (and the hooks see
+    float32): float16's largest number is 65504, so x.pow(2) overflows once |x| > 256, and
+    bfloat16 keeps too few digits for a precise variance.
     """
 
     def __init__(self, cfg: Config):
@@ -261,8 +267,8 @@ class Attention(nn.Module):
         self.hook_q = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_k = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_v = HookPoint()  # [batch, pos, head_index, d_head]
-        self.hook_attn_scores = HookPoint()  # [batch, head_index, query_pos, key_pos]
-        self.hook_pattern = HookPoint()  # [batch, head_index, query_pos, key_pos]
+        self.hook_attn_scores = HookPoint()  # [batch, head_index, query_pos, key_pos], masked
+        self.hook_pattern = HookPoint()  # [batch, head_index, query_pos, key_pos], before dropout
         self.hook_z = HookPoint()  # [batch, pos, head_index, d_head]
         self.hook_result = HookPoint()  # [batch, pos, head_index, d_model], if cfg.use_attn_result
 
@@ -289,24 +295,24 @@ class Attention(nn.Module):
         pattern = self.hook_pattern(attn_scores.softmax(dim=-1))  # each row sums to 1 over keys
         pattern = self.dropout(pattern)
 
-        # Each query position takes the pattern-weighted average of the values.
+        # Each query position takes the pattern-weighted average of the values (pattern @ v).
         z = self.hook_z(einsum(
-            "batch key_pos head_index d_head, batch head_index query_pos key_pos "
-            "-> batch query_pos head_index d_head", v, pattern,
+            "batch head_index query_pos key_pos, batch key_pos head_index d_head "
+            "-> batch query_pos head_index d_head", pattern, v,
         ))
         # Each head writes back through its own W_O, and the heads' outputs are summed.
-        if self.cfg.use_attn_result:
-            # The same, with each head's output kept apart first (n_heads times the memory).
-            result = self.hook_result(einsum(
-                "batch pos head_index d_head, head_index d_head d_model "
-                "-> batch pos head_index d_model", z, self.W_O,
-            ))
-            return result.sum(dim=2) + self.b_O  # [batch, pos, d_model]
-        attn_out = einsum(
-            "batch pos head_index d_head, head_index d_head d_model -> batch pos d_model",
-            z, self.W_O,
-        )
-        return attn_out + self.b_O  # [batch, pos, d_model]
+        if not self.cfg.use_attn_result:
+            attn_out = einsum(
+                "batch pos head_index d_head, head_index d_head d_model -> batch pos d_model",
+                z, self.W_O,
+            )
+            return attn_out + self.b_O  # [batch, pos, d_model]
+        # The same, with each head's output kept apart first (n_heads times the memory).
+        result = self.hook_result(einsum(
+            "batch pos head_index d_head, head_index d_head d_model "
+            "-> batch pos head_index d_model", z, self.W_O,
+        ))
+        return result.sum(dim=2) + self.b_O  # [batch, pos, d_model]
 
 
 class MLP(nn.Module):
@@ -333,7 +339,9 @@ class MLP(nn.Module):
 class BertBlock(nn.Module):
     """One BERT layer. Post-LN: add the sublayer's output to the residual, *then* LayerNorm.
 
-    (GPT-2 and most later models are pre-LN: they normalise a sublayer's input instead.)
+    So ln1 comes after attention and ln2 after the MLP, and each LayerNorm's output *is* the
+    residual stream from there on. (GPT-2 and most later models are pre-LN: their ln1 normalises
+    attention's input, and the stream itself is never normalised.)
     """
 
     def __init__(self, cfg: Config):
@@ -354,7 +362,7 @@ class BertBlock(nn.Module):
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.hook_attn_out(self.dropout(self.attn(resid_pre, key_is_padding)))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        normalized_resid_mid = self.ln1(resid_mid)
+        normalized_resid_mid = self.ln1(resid_mid)  # the stream the MLP reads and adds to
         mlp_out = self.hook_mlp_out(self.dropout(self.mlp(normalized_resid_mid)))
         resid_post = self.hook_resid_post(normalized_resid_mid + mlp_out)
         return self.hook_normalized_resid_post(self.ln2(resid_post))  # [batch, pos, d_model]
@@ -421,7 +429,7 @@ class BertNSPHead(nn.Module):
         self.hook_nsp_out = HookPoint()  # [batch, 2]
 
     def forward(self, pooled: Tensor) -> Tensor:
-        nsp_logits = einsum("batch d_model, d_model is_random -> batch is_random", pooled, self.W)
+        nsp_logits = einsum("batch d_model, d_model nsp_class -> batch nsp_class", pooled, self.W)
         return self.hook_nsp_out(nsp_logits + self.b)  # [batch, 2]
 
 
@@ -440,7 +448,8 @@ class HookedEncoder(nn.Module):
 
     def __init__(self, cfg: Config, tokenizer=None):
         super().__init__()
-        self.cfg = cfg = as_config(cfg)  # a Config, or a dict of its fields
+        cfg = as_config(cfg)  # a Config, or a dict of its fields
+        self.cfg = cfg
         self.tokenizer = tokenizer
         self.embed = BertEmbed(cfg)
         self.hook_full_embed = HookPoint()  # [batch, pos, d_model], after the embedding LayerNorm
@@ -457,17 +466,20 @@ class HookedEncoder(nn.Module):
         """BERT's initialisation: weights and embeddings ~ N(0, 0.02), biases 0, LayerNorm w 1."""
         for module in self.modules():
             for name, param in module.named_parameters(recurse=False):
-                if isinstance(module, LayerNorm) and name == "w":
+                if isinstance(module, LayerNorm) and name == "w":  # LayerNorm's scale
                     nn.init.ones_(param)
-                elif name.startswith("W"):
+                elif name.startswith("W"):  # weight matrices and embeddings: W_Q, W_E, ...
                     nn.init.normal_(param, std=self.cfg.initializer_range)
                 else:
                     nn.init.zeros_(param)
+        if self.cfg.pad_token_id is not None:
+            nn.init.zeros_(self.W_E[self.cfg.pad_token_id])  # as HuggingFace does
 
     def encoder_output(self, tokens, token_type_ids=None, one_zero_attention_mask=None) -> Tensor:
         """The final hidden state [batch, pos, d_model] (HuggingFace's last_hidden_state)."""
-        tokens, token_type_ids, key_is_padding = check_inputs(
-            self, tokens, token_type_ids, one_zero_attention_mask)  # each [batch, pos]
+        tokens, token_type_ids, mask = check_inputs(self, tokens, token_type_ids,
+                                                     one_zero_attention_mask)  # each [batch, pos]
+        key_is_padding = None if mask is None else mask == 0  # [batch, key_pos]; mask 1 = attend
         resid = self.hook_full_embed(self.embed(tokens, token_type_ids))  # [batch, pos, d_model]
         for block in self.blocks:
             resid = block(resid, key_is_padding)
@@ -499,8 +511,9 @@ class HookedEncoder(nn.Module):
             return predicted_tokens(self, tokens, logits)
         return logits
 
-    # Weights in TransformerLens's layout. The stacked ones are computed when read: model.W_Q[l, h]
-    # is the W_Q of head h in layer l, [d_model, d_head].
+    # Weights in TransformerLens's layout. The stacked ones are new tensors, computed when read:
+    # model.W_Q[l, h] is the W_Q of head h in layer l, [d_model, d_head], but to change it, change
+    # model.blocks[l].attn.W_Q.
     W_E = property(lambda self: self.embed.embed.W_E)  # [d_vocab, d_model]
     W_pos = property(lambda self: self.embed.pos_embed.W_pos)  # [n_ctx, d_model]
     W_E_pos = property(lambda self: torch.cat([self.W_E, self.W_pos]))  # [d_vocab + n_ctx, d_model]
@@ -611,7 +624,7 @@ def register_backward_hooks(point: HookPoint, x: Tensor):
     if not x.requires_grad:
         return
     for fn in point.bwd_hooks:
-        def on_grad(grad, fn=fn):
+        def on_grad(grad, fn=fn):  # fn=fn: this loop's fn, not the last one
             if fn not in point.bwd_hooks:  # removed since the forward pass: stay silent
                 return None
             replacement = fn(grad, hook=point)
@@ -671,8 +684,9 @@ def cache_activations(model: HookedEncoder, model_args, model_kwargs, names_filt
     every hook). remove_batch_dim: for a batch of one, save [pos, ...] instead of [1, pos, ...].
     incl_bwd: also call backward() on the output (a scalar: return_type="loss") and save the
     gradients as "<hook name>_grad". device: where to keep the saved tensors (e.g. "cpu").
-    Each saved tensor is what its hook saw, though the returned output is the very tensor its
-    own hook saw. Every hook of bert-base on 8 x 128 tokens is ~0.9 GB (README, "Speed")."""
+    Each cached tensor is what its hook saw, even if a later hook edits in place. The output is
+    not copied: it is the same tensor as its own hook's entry (e.g. unembed.hook_out). Every
+    hook of bert-base on 8 x 128 tokens is ~0.9 GB (README, "Speed")."""
     every_hook = lambda name: True
     points = select_hook_points(model, every_hook if names_filter is None else names_filter)
     cache: dict[str, Tensor] = {}
@@ -751,6 +765,7 @@ class ActivationCache(dict):
         self.n_layers = n_layers
 
     def __getitem__(self, key) -> Tensor:
+        asked = key
         if isinstance(key, tuple):
             name, layer, *layer_type = key
             if layer is not None and layer < 0:
@@ -759,7 +774,8 @@ class ActivationCache(dict):
         elif key not in self:
             key = get_act_name(key)
         if key not in self:
-            raise unknown_name_error(key, self, "this cache (names_filter chose what to save)")
+            raise unknown_name_error(key, self, f"this cache (asked for {asked!r}; names_filter "
+                                     "chose what to save)")
         return super().__getitem__(key)
 
     def stack_activation(self, name: str, sublayer_type: Optional[str] = None) -> Tensor:
@@ -839,8 +855,8 @@ def prepare_input(model: HookedEncoder, input, return_type, token_type_ids, mask
 
 
 def check_inputs(model: HookedEncoder, tokens, token_type_ids, one_zero_attention_mask):
-    """encoder_output()'s checks. Returns tokens and token_type_ids as int64 on the model's
-    device, and key_is_padding (True where the mask is 0; None when there is no mask)."""
+    """encoder_output()'s checks. Returns the three inputs on the model's device, the ids as
+    int64 (the mask stays None when there is none)."""
     if isinstance(tokens, Tensor) and tokens.ndim != 2:
         raise ValueError(f"tokens must be 2-D [batch, pos], got shape {tuple(tokens.shape)}"
                          + (" (for one sequence use tokens[None])" if tokens.ndim == 1 else ""))
@@ -864,7 +880,7 @@ def check_inputs(model: HookedEncoder, tokens, token_type_ids, one_zero_attentio
                          f"{tuple(tokens.shape)}, got {got}")
     if not ((mask == 0) | (mask == 1)).all():
         raise ValueError("one_zero_attention_mask must hold only 1 (attend) and 0 (padding)")
-    return tokens, token_type_ids, (mask == 0).to(tokens.device)
+    return tokens, token_type_ids, mask.to(tokens.device)
 
 
 def check_ids(model: HookedEncoder, name: str, ids, shape, high: int) -> Tensor:
@@ -970,7 +986,8 @@ def config_from_hf(hf_config) -> Config:
     )
 
 
-# Each head, and the HF weight whose presence says a state dict has it.
+# Each head, and the HF weight whose presence says a state dict has it. The unembedding comes
+# with the masked-LM head.
 HF_HEADS = {"pooler": "pooler.dense.weight", "nsp_head": "cls.seq_relationship.weight",
             "mlm_head": "cls.predictions.transform.dense.weight",
             "unembed": "cls.predictions.transform.dense.weight"}
