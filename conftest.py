@@ -39,12 +39,10 @@ def pytest_runtest_setup(item):
 
 
 def hint_of(error):
-    """The first paragraph of a failure message: the test's hint."""
-    return str(error).strip().split("\n\n")[0]
-
-
-def is_stub(error):
-    return isinstance(error, NotImplementedError) or isinstance(error.__cause__, NotImplementedError)
+    """The test's hint (the first paragraph of its message, or what the test attached to an
+    exception raised inside the component) and the first line of what went wrong."""
+    paragraphs = (getattr(error, "hint", None) or str(error)).strip().split("\n\n")
+    return "\n".join([paragraphs[0]] + [p.splitlines()[0] for p in paragraphs[1:2] if p.strip()])
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -60,12 +58,14 @@ def pytest_runtest_makereport(item, call):
     if report.failed and call.excinfo is not None:
         error = call.excinfo.value
         if row["first"] is None:
-            row["first"] = (item.name, hint_of(error))
-        if is_stub(error):  # nothing to debug yet: one line, not a traceback
-            report.longrepr = str(error).strip().split("\n\n")[-1]
+            row["first"] = (item.name, item.originalname, hint_of(error))
+        if isinstance(error, NotImplementedError) and hasattr(error, "hint"):
+            report.longrepr = error.hint.split("\n\n")[-1]  # nothing to debug yet: one line
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter):
+    yield  # after pytest's own summary, so that the board is the last thing on the screen
     if not BOARD:
         return
     write = terminalreporter.write_line
@@ -77,12 +77,12 @@ def pytest_terminal_summary(terminalreporter):
     if failing is None:
         write("every component that ran passes")
         return
-    test, hint = BOARD[failing]["first"]
+    test, function, hint = BOARD[failing]["first"]
     write("")
     write(f"first failing: {failing} ({test})")
     for line in hint.splitlines():
         write(f"  {line}")
-    write(f"rerun it: pytest -k {BOARD[failing]['select']}")
+    write(f"rerun it: pytest -k {function}   (all of {failing}: pytest -k {BOARD[failing]['select']})")
     if BLOCKED:
         write(f"{len(BLOCKED)} later tests (whole model, loader, hooks, text, tutorial) were skipped, "
               f"blocked by {failing}; pytest -rs lists them")

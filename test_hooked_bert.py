@@ -172,7 +172,7 @@ def test_bert_embed(ref):
 @per_layer
 def test_attention_qkv(ref, layer):
     hint = "Attention {}: resid @ W_{} + b_{}, shape [batch, pos, head_index, d_head]"
-    seen = attention_step(ref, layer, "hook_v", hint.format("v", "V", "V"))
+    seen = attention_step(ref, layer, "hook_v", hint.format("q, k, v", "Q", "Q (and so on)"))
     expected = attention_reference(ref, layer)
     for name in ("q", "k", "v"):
         step_hint = hint.format(name, name.upper(), name.upper())
@@ -349,7 +349,9 @@ def test_convert_hf_state_dict_splits_heads_and_transposes(ref):
     try:
         ours, missing_heads = hb.convert_hf_state_dict(ref.hf.state_dict(), ref.cfg)
     except Exception as error:
-        raise AssertionError(f"{hint}\n\nconvert_hf_state_dict raised {type(error).__name__}: {error}") from error
+        error.hint = f"{hint}\n\nconvert_hf_state_dict raised {type(error).__name__}: {error}"
+        error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]
+        raise
     expected = reference_state_dict(ref)
     assert sorted(ours) == sorted(expected) and not missing_heads, (
         f"{hint}\n\nconvert_hf_state_dict must return every parameter of HookedEncoder, and no "
@@ -594,18 +596,25 @@ class StopForward(Exception):
     """Raised by a test's hook to end the forward pass once the step under test has run."""
 
 
-def with_hint(hint, component, error):
-    """An AssertionError that carries the test's hint for an exception raised inside `component`."""
+def add_hint(error, hint, component, stop_at=None):
+    """Attach the test's hint to an exception raised inside `component` (as a note, which pytest
+    prints under the error; conftest.py's board reads `error.hint`)."""
     where = f"{type(component).__name__}.forward"
     if isinstance(error, NotImplementedError):
-        return AssertionError(f"{hint}\n\nnot written yet: {where} raises NotImplementedError")
-    return AssertionError(f"{hint}\n\n{where} raised {type(error).__name__}: {error}")
+        before = f" before calling self.{stop_at}" if stop_at else ""
+        diagnosis = f"not written yet: {where} raises NotImplementedError{before}"
+    else:
+        diagnosis = f"{where} raised {type(error).__name__}: {error}"
+    error.hint = f"{hint}\n\n{diagnosis}"
+    error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]
+    return error
 
 
 def run_until(component, args, stop_at, hint, feed=None):
     """Run component(*args), recording what passes each of its hooks; a hook named in `feed`
     passes on that value instead of the component's own. Stops right after hook `stop_at`
     (None: runs to the end, output under "out"). Returns {hook name: what reached it}."""
+    __tracebackhide__ = True  # a failure shows the test and the component's line, not this
     feed, seen = feed or {}, {}
     hooks = {name: point for name, point in component.named_children() if isinstance(point, hb.HookPoint)}
 
@@ -624,7 +633,7 @@ def run_until(component, args, stop_at, hint, feed=None):
     except WrongInput:
         raise
     except Exception as error:
-        raise with_hint(hint, component, error) from error
+        raise add_hint(error, hint, component, stop_at)
     finally:
         for point in hooks.values():
             point.remove_hooks()
@@ -635,6 +644,7 @@ def run_until(component, args, stop_at, hint, feed=None):
 
 def reached(seen, class_name, hook, hint):
     """What reached `hook`, or a failure that says which hook call is missing."""
+    __tracebackhide__ = True
     if hook not in seen:
         raise AssertionError(f"{hint}\n\n{class_name}.forward never called self.{hook}(...): "
                              f"pass it {HOOK_WHAT[hook]}, and go on with what it returns")
@@ -643,6 +653,7 @@ def reached(seen, class_name, hook, hint):
 
 def output_of(component, *args, hint):
     """component(*args); an exception inside it fails the test with `hint`."""
+    __tracebackhide__ = True
     return run_until(component, args, None, hint)["out"]
 
 
@@ -666,6 +677,7 @@ def attention_reference(ref, layer):
 def attention_step(ref, layer, stop_at, hint):
     """Our attention, fed HuggingFace's values at every hook before `stop_at` (all of them if
     None), stopped right after `stop_at`; returns what reached each hook."""
+    __tracebackhide__ = True
     attn = make_attention(ref.cfg, ref.layer(layer))
     expected = attention_reference(ref, layer)
     steps = ATTENTION_STEPS if stop_at is None else ATTENTION_STEPS[:ATTENTION_STEPS.index(stop_at)]
