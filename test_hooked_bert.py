@@ -18,7 +18,7 @@ LayerNorm weights too, so that a bug cannot hide behind zeros and ones), in eval
 eager attention, in float64 (agreement within 1e-10).
 
 Run one component: pytest -k test_attention, pytest -k test_layer_norm, ...; one step:
-pytest -k attention_scores. (README, "Using it in a course", lists them all.)
+pytest -k attention_scores. (EXERCISES below, and the board, list them all.)
 """
 
 import os
@@ -601,16 +601,18 @@ class StopForward(Exception):
 
 
 def add_hint(error, hint, component, stop_at=None):
-    """Attach the test's hint to an exception raised inside `component` (as a note, which pytest
-    prints under the error; conftest.py's board reads `error.hint`)."""
+    """The exception to raise for `error`, raised inside `component`: it carries the test's hint
+    (as a note, which pytest prints under the error; conftest.py's board reads `.hint`). A stub's
+    NotImplementedError becomes a one-line failure: there is no code to debug yet."""
     where = f"{type(component).__name__}.forward"
     if isinstance(error, NotImplementedError):
         before = f" before calling self.{stop_at}" if stop_at else ""
         diagnosis = f"not written yet: {where} raises NotImplementedError{before}"
+        error = pytest.fail.Exception(diagnosis, pytrace=False)
     else:
         diagnosis = f"{where} raised {type(error).__name__}: {error}"
+        error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]
     error.hint = f"{hint}\n\n{diagnosis}"
-    error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]
     return error
 
 
@@ -638,7 +640,10 @@ def run_until(component, args, stop_at, hint, feed=None):
     except WrongInput:
         raise
     except Exception as error:
-        raise add_hint(error, hint, component, stop_at)
+        hinted = add_hint(error, hint, component, stop_at)
+        if hinted is error:
+            raise
+        raise hinted from None
     finally:
         for point in hooks.values():
             point.remove_hooks()

@@ -15,6 +15,7 @@ version of hooked_bert.py that has these classes.
 
 import argparse
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ STUBS = {
     """,
     "PosEmbed": """
         # Row `pos` of self.W_pos for positions 0, 1, ..., n_pos - 1, the same for every row of
-        # the batch: [batch, pos] -> [batch, pos, d_model]. Return a new tensor, not a view of W_pos.
+        # the batch: [batch, pos] -> [batch, pos, d_model]. Return a new tensor, not a view of
+        # W_pos (a hook that edits it in place must not change the weights).
         # Check: pytest -k test_pos_embed
     """,
     "TokenTypeEmbed": """
@@ -47,7 +49,8 @@ STUBS = {
     "BertEmbed": """
         # Sum three embeddings, each through its hook ([batch, pos, d_model] each):
         #   self.hook_embed(self.embed(tokens)), self.hook_pos_embed(self.pos_embed(tokens)),
-        #   self.hook_token_type_embed(self.token_type_embed(token_type_ids)),
+        #   self.hook_token_type_embed(self.token_type_embed(token_type_ids)) (if token_type_ids
+        #   is None, every token is sentence A: type 0),
         # then self.ln of the sum, then self.dropout. Call the sub-modules: the test replaces
         # them by stand-ins that check what you pass them.
         # Check: pytest -k test_bert_embed
@@ -76,12 +79,13 @@ STUBS = {
         # All of it: pytest -k test_mlp
     """,
     "BertBlock": """
-        # Post-LN: each LayerNorm comes AFTER its residual add. Through the hooks, in order:
-        # resid_pre (self.hook_resid_pre); attn_out = self.dropout(self.attn(resid_pre,
-        # key_is_padding)) (self.hook_attn_out); resid_mid = resid_pre + attn_out
-        # (self.hook_resid_mid); then self.ln1; mlp_out = self.dropout(self.mlp(...))
-        # (self.hook_mlp_out); resid_post = (ln1's output) + mlp_out (self.hook_resid_post);
-        # return self.ln2(resid_post) through self.hook_normalized_resid_post. [batch, pos, d_model]
+        # Post-LN, as in BERT (not pre-LN, as in GPT-2): each sublayer reads the residual stream,
+        # its output (after self.dropout) is added to it, and THEN comes the LayerNorm.
+        # Attention (self.attn, with key_is_padding) and self.ln1, then self.mlp and self.ln2.
+        # Hooks, in the order they fire, each [batch, pos, d_model]: self.hook_resid_pre,
+        # self.hook_attn_out, self.hook_resid_mid, self.hook_mlp_out, self.hook_resid_post,
+        # self.hook_normalized_resid_post (the block's output). Which stream does the MLP's
+        # output get added to? The post-LN picture says; the test checks.
         # The test replaces attn, ln1, mlp and ln2 by stand-ins that check what you pass them.
         # Check: pytest -k test_block
     """,
@@ -123,8 +127,9 @@ def body_lines(source: str, class_name: str) -> tuple[int, int, int]:
     statement belong to the body."""
     forward = find_forward(ast.parse(source), class_name)
     body = forward.body
-    has_docstring = isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-        and isinstance(body[0].value.value, str)
+    first = body[0]
+    has_docstring = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                     and isinstance(first.value.value, str))
     statements = body[1:] if has_docstring else body
     lines = source.splitlines(keepends=True)
     if has_docstring:
@@ -140,7 +145,8 @@ def body_lines(source: str, class_name: str) -> tuple[int, int, int]:
 def stub(class_name: str, indent: int) -> str:
     text = "\n".join(line.strip() for line in STUBS[class_name].strip("\n").splitlines())
     body = [" " * indent + line for line in text.splitlines()]
-    body.append(" " * indent + f'raise NotImplementedError("{class_name}.forward: write it (see above)")')
+    message = f"{class_name}.forward: write it (see above)"
+    body.append(" " * indent + f'raise NotImplementedError("{message}")')
     return "\n".join(body) + "\n"
 
 
@@ -229,12 +235,8 @@ When the board says every component passes and pytest reports no failures, you a
 
 
 def command(name: str) -> str:
-    selection = {"Embed": "test_embed", "PosEmbed": "test_pos_embed",
-                 "TokenTypeEmbed": "test_token_type_embed", "LayerNorm": "test_layer_norm",
-                 "BertEmbed": "test_bert_embed", "Attention": "test_attention", "MLP": "test_mlp",
-                 "BertBlock": "test_block", "BertMLMHead": "test_mlm_head",
-                 "Unembed": "test_unembed", "BertPooler": "test_pooler", "BertNSPHead": "test_nsp_head"}
-    return f"pytest -k {selection[name]}"
+    """The command that runs `name`'s tests: each of them starts with the stub's own selection."""
+    return re.search(r"(?:Check|All of it): (pytest -k \w+)", STUBS[name]).group(1)
 
 
 def make_kit(out_dir: Path, blanked, root: Path = ROOT) -> None:
@@ -253,7 +255,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, help="the student folder to write (new or empty)")
     parser.add_argument("--blank", nargs="+", metavar="CLASS", default=COMPONENTS,
-                        help=f"the classes whose forward to blank (default: all of {', '.join(COMPONENTS)})")
+                        help="the classes whose forward to blank (default: all, "
+                             f"{', '.join(COMPONENTS)})")
     args = parser.parse_args(argv)
     unknown = [name for name in args.blank if name not in STUBS]
     if unknown:
