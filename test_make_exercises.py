@@ -5,6 +5,7 @@ fail, nothing else does, the later tests are blocked, and the board names the fi
 the original `forward` bodies back: the file is the original again and the kit's suite passes.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -28,8 +29,11 @@ RESTORED_SELECTION = "small"
 
 
 def pytest_in(folder, *args):
+    """Start pytest in `folder`. Two of these run side by side, so each gets one thread: two
+    threads each on two cores make torch's small operations wait for each other."""
     return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_make_exercises_refuses_an_unknown_class(tmp_path, capsys):
