@@ -434,6 +434,7 @@ def ref(request):
 
 def check(actual, expected, hint, atol=F64_ATOL):
     """assert_close with a hint that names the likely mistake."""
+    __tracebackhide__ = True  # a failure points at the test's line
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0,
                                msg=lambda default: f"{hint}\n\n{default}")
 
