@@ -8,7 +8,13 @@ board only lists them. A failure that is only an unwritten stub (NotImplementedE
 reported in one line instead of a traceback (test_hooked_bert.py's add_hint does that).
 """
 
+import os
+
 import pytest
+
+# The tests' models are tiny: a second thread gains nothing, and on a busy machine threads that
+# wait for each other made the suite several times slower (a tutorial run: 140 s, not 5 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # component name -> {"select": -k selection, "run": n, "passed": n, "first": (test, hint) or None}
 BOARD: dict[str, dict] = {}
