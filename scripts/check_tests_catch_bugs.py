@@ -5,7 +5,7 @@ temporary folder, runs test_hooked_bert.py against it, and checks that
   1. the test of the component with the mistake fails,
   2. its failure message carries that test's hint, and
   3. the tests of the components before it in the file still pass.
-It prints a table and exits 1 if any mistake goes uncaught. Takes a minute or two:
+It prints a table and exits 1 if any mistake goes uncaught. Takes two or three minutes:
     python scripts/check_tests_catch_bugs.py
 """
 
@@ -18,14 +18,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The component tests, in the order their components appear in hooked_bert.py.
+# The component (and step) tests, in the order they appear in test_hooked_bert.py's Part 1.
 COMPONENT_TESTS = [
     "test_hook_point_is_identity", "test_activation_functions", "test_embed", "test_pos_embed",
     "test_token_type_embed", "test_layer_norm", "test_layer_norm_scale_hook", "test_bert_embed",
     "test_attention_qkv", "test_attention_scores", "test_attention_pattern",
     "test_attention_pattern_rows_sum_to_one_and_ignore_padding", "test_attention_z", "test_attention_out",
-    "test_attention_does_not_modify_its_input", "test_mlp", "test_block", "test_mlm_head", "test_unembed",
-    "test_pooler", "test_nsp_head",
+    "test_attention_forward_all_steps_together", "test_attention_does_not_modify_its_input",
+    "test_mlp_pre", "test_mlp_post", "test_mlp", "test_block", "test_mlm_head", "test_unembed",
+    "test_pooler", "test_nsp_head", "test_convert_hf_state_dict_splits_heads_and_transposes",
 ]
 
 # (mistake, text in hooked_bert.py, the mistaken text, the test that must catch it, words of its hint)
@@ -79,6 +80,23 @@ MISTAKES = [
     ("pooler without tanh",
      "return self.hook_pooler_out(torch.tanh(pooled))", "return self.hook_pooler_out(pooled)",
      "test_pooler", "tanh"),
+    # The kinds of mistake a student's half-written code makes besides a wrong formula:
+    ("a step whose hook is never called",
+     "attn_scores = self.hook_attn_scores(attn_scores)", "attn_scores = attn_scores",
+     "test_attention_scores", "never called self.hook_attn_scores"),
+    ("a crash inside a component (a bias of the wrong shape)",
+     "k = self.hook_k(einsum(project, resid, self.W_K) + self.b_K)",
+     "k = self.hook_k(einsum(project, resid, self.W_K) + self.b_K.T)",
+     "test_attention_qkv", "Hint: Attention q, k, v"),
+    ("a crash inside a component (an index out of range)",
+     "return self.W_pos[positions]", "return self.W_pos[positions + self.W_pos.shape[0]]",
+     "test_pos_embed", "Hint: PosEmbed"),
+    ("loader: heads split from the wrong dimension",
+     "W.reshape(d_model, n_heads, d_head).permute(1, 0, 2)", "W.T.reshape(n_heads, d_model, d_head)",
+     "test_convert_hf_state_dict_splits_heads_and_transposes", "split the OUT dimension"),
+    ("loader: an [out, in] weight not transposed",
+     "return take(f\"{prefix}.weight\", d_out, d_in).T,", "return take(f\"{prefix}.weight\", d_out, d_in),",
+     "test_convert_hf_state_dict_splits_heads_and_transposes", "[out, in]"),
 ]
 
 
@@ -111,6 +129,7 @@ def main() -> int:
             folder = Path(tmp)
             (folder / "hooked_bert.py").write_text(source.replace(old, new))
             shutil.copy(ROOT / "test_hooked_bert.py", folder)
+            shutil.copy(ROOT / "conftest.py", folder)  # the student's view: hints, one-line stubs
             passed, output = run_tests(folder)
         fails = passed.get(test) is False
         hinted = hint in failure_report(output, test)

@@ -1,0 +1,87 @@
+"""The student kit, checked as an instructor would (not part of the kit itself).
+
+Generate a kit with every component blanked and run its suite: every blanked component's tests
+fail, nothing else does, the later tests are blocked, and the board names the first one. Put
+the original `forward` bodies back: the file is the original again and the kit's suite passes.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "scripts"))
+try:
+    import make_exercises as kit
+finally:
+    sys.path.pop(0)
+
+# The restored kit runs on the small config only: every component's tests on one config, and
+# every whole-model, hook and cache test that uses it (they run, they are not blocked). The
+# full suite on the same hooked_bert.py runs in this repository anyway; this proves the kit's
+# folder (its test file and conftest, without scripts/ and tutorial.md) is enough.
+RESTORED_SELECTION = "small"
+
+
+def pytest_in(folder, *args):
+    """Start pytest in `folder`. Two of these run side by side, so each gets one thread: two
+    threads each on two cores make torch's small operations wait for each other."""
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_make_exercises_refuses_an_unknown_class(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        kit.main([str(tmp_path / "kit"), "--blank", "Attention", "Atention"])
+    assert "unknown class Atention; choose from: Embed, PosEmbed" in capsys.readouterr().err
+    assert not (tmp_path / "kit").exists()
+
+
+def test_kit_fails_each_blanked_component_and_passes_once_restored(tmp_path):
+    blanked, restored = tmp_path / "kit", tmp_path / "restored"
+    kit.make_kit(blanked, kit.COMPONENTS)
+    assert sorted(p.name for p in blanked.iterdir()) == [
+        "STUDENT.md", "conftest.py", "hooked_bert.py", "requirements.txt", "test_hooked_bert.py"]
+
+    original = (ROOT / "hooked_bert.py").read_text()
+    student = (blanked / "hooked_bert.py").read_text()
+    for name in kit.COMPONENTS:
+        stub = kit.original_body(student, name)
+        assert "pytest -k" in stub and stub.rstrip().endswith(
+            f'raise NotImplementedError("{name}.forward: write it (see above)")')
+        for line in kit.original_body(original, name).splitlines():
+            line = line.strip()
+            assert line.startswith("#") or len(line) < 20 or line not in student, (
+                f"the kit's hooked_bert.py still contains a line of {name}.forward: {line}")
+
+    shutil.copytree(blanked, restored)
+    source = student
+    for name in kit.COMPONENTS:
+        source = kit.replace_body(source, name, kit.original_body(original, name))
+    assert source == original, "a stub changed more than the body of a forward"
+    (restored / "hooked_bert.py").write_text(source)
+
+    runs = [pytest_in(blanked, "-rfs"), pytest_in(restored, "-k", RESTORED_SELECTION)]
+    (blanked_output, _), (restored_output, _) = [run.communicate(timeout=300) for run in runs]
+
+    board = blanked_output[blanked_output.index("progress board"):]
+    for name in kit.COMPONENTS:
+        assert re.search(rf"^  {name} +FAIL +0/\d+ ", board, re.M), f"{name} must fail:\n{board}"
+    assert "first failing: Embed (test_embed[small])" in board
+    selections = tuple(re.findall(r"pytest -k (test_\w+)$", board, re.M))
+    failed = re.findall(r"^FAILED test_hooked_bert.py::(\w+)", blanked_output, re.M)
+    outside = [test for test in failed if not test.startswith(selections)]
+    assert failed and not outside, f"failures outside the blanked components: {outside}"
+    assert "blocked by Embed" in blanked_output and "Traceback" not in blanked_output
+
+    assert runs[1].returncode == 0 and "every component that ran passes" in restored_output, (
+        restored_output[-3000:])
+    board = restored_output[restored_output.index("progress board"):]
+    assert all(re.search(rf"^  {name} +pass ", board, re.M) for name in kit.COMPONENTS), board
+    assert "skipped" not in restored_output.splitlines()[-1]
