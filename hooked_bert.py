@@ -856,7 +856,7 @@ def prepare_input(model: HookedEncoder, input, return_type, token_type_ids, mask
 
 def check_inputs(model: HookedEncoder, tokens, token_type_ids, one_zero_attention_mask):
     """encoder_output()'s checks. Returns the three inputs on the model's device, the ids as
-    int64 (the mask stays None when there is none)."""
+    int64 (token_type_ids and the mask stay None when not given)."""
     if isinstance(tokens, Tensor) and tokens.ndim != 2:
         raise ValueError(f"tokens must be 2-D [batch, pos], got shape {tuple(tokens.shape)}"
                          + (" (for one sequence use tokens[None])" if tokens.ndim == 1 else ""))
@@ -867,10 +867,9 @@ def check_inputs(model: HookedEncoder, tokens, token_type_ids, one_zero_attentio
         raise ValueError(f"the input has {tokens.shape[1]} positions but the model has only "
                          f"n_ctx={model.cfg.n_ctx} position embeddings; shorten the input "
                          "(to_tokens truncates)")
-    if token_type_ids is None:
-        token_type_ids = torch.zeros_like(tokens)
-    token_type_ids = check_ids(model, "token_type_ids", token_type_ids, tokens.shape,
-                               model.cfg.n_token_types)
+    if token_type_ids is not None:  # (None: BertEmbed takes every token as sentence A)
+        token_type_ids = check_ids(model, "token_type_ids", token_type_ids, tokens.shape,
+                                   model.cfg.n_token_types)
     mask = one_zero_attention_mask
     if mask is None:
         return tokens, token_type_ids, None
