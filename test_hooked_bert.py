@@ -149,6 +149,17 @@ def test_layer_norm_scale_hook(ref):
     check(seen["hook_scale"], expected, hint)
 
 
+@exercise("LayerNorm")
+def test_layer_norm_normalized_hook(ref):
+    hint = ("LayerNorm hook_normalized: (x - mean) / scale, BEFORE multiplying by w and adding b "
+            "(as in TransformerLens)")
+    layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
+    x = ref.inputs["bert.embeddings.LayerNorm"]
+    scale = (x.var(-1, unbiased=False, keepdim=True) + ref.cfg.eps).sqrt()
+    seen = run_until(layer_norm, (x,), "hook_normalized", hint, feed={"hook_scale": scale})
+    check(seen["hook_normalized"], (x - x.mean(-1, keepdim=True)) / scale, hint)
+
+
 # --- BertEmbed: the three embeddings, summed, then LayerNorm ---------------------------------
 
 
@@ -593,6 +604,7 @@ HOOK_WHAT = {
     "hook_pattern": "the softmax of the scores [batch, head_index, query_pos, key_pos]",
     "hook_z": "the pattern-weighted values [batch, pos, head_index, d_head]",
     "hook_scale": "the standard deviation sqrt(var + eps) [batch, pos, 1]",
+    "hook_normalized": "(x - mean) / scale [batch, pos, d_model], before w and b",
     "hook_pre": "x @ W_in + b_in [batch, pos, d_mlp]",
     "hook_post": "the activation of pre [batch, pos, d_mlp]",
 }

@@ -42,8 +42,9 @@ STUBS = {
         # Over the last dimension (d_model) of x [batch, pos, d_model]:
         # 1. centre x (subtract its mean);
         # 2. scale = sqrt(variance + self.eps), [batch, pos, 1], through self.hook_scale;
-        # 3. divide by scale, multiply by self.w, add self.b; pass the result through
-        #    self.hook_normalized (see the class docstring for what it holds) and return it.
+        # 3. normalized = (centred x) / scale, [batch, pos, d_model], through
+        #    self.hook_normalized;
+        # 4. return normalized * self.w + self.b.
         # Check: pytest -k test_layer_norm
     """,
     "BertEmbed": """
