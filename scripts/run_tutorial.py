@@ -28,11 +28,13 @@ def blocks(text: str):
     return [(m.group(1), m.group(2), m) for m in BLOCK.finditer(text)]
 
 
-def run_blocks(text: str, workdir: Path) -> list[tuple[str, str, str]]:
-    """Run every python block in `workdir`; returns (code, printed, expected) for each."""
+def run_blocks(text: str, workdir: Path) -> list[tuple[str, str, tuple[str, str] | None]]:
+    """Run every python block in `workdir`; returns, for each, (code, what it printed, and the
+    (kind, text) of the text block shown after it, or None)."""
     found, results, namespace = blocks(text), [], {"__name__": "__tutorial__"}
     sys.path.insert(0, str(ROOT))
     old_cwd = os.getcwd()
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     os.chdir(workdir)
     try:
         for i, (kind, code, _) in enumerate(found):
@@ -47,6 +49,8 @@ def run_blocks(text: str, workdir: Path) -> list[tuple[str, str, str]]:
     finally:
         os.chdir(old_cwd)
         sys.path.remove(str(ROOT))
+        if threads is not None:  # part 2 sets one thread; give the caller (pytest) its own back
+            sys.modules["torch"].set_num_threads(threads)
     return results
 
 
