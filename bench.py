@@ -159,30 +159,37 @@ def time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs, to
         optimizer = optimizers[name] = torch.optim.AdamW(net.parameters(), lr=1e-5)
 
         def step(loss_fn=loss_fn, optimizer=optimizer):
+            """Run one step; returns the seconds spent in forward, backward and optimizer step."""
+            start = time.perf_counter()
             loss = loss_fn()
+            forward = time.perf_counter()
             loss.backward()
+            backward = time.perf_counter()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            return forward - start, backward - forward, time.perf_counter() - backward
 
         steps[name] = step
     for step in steps.values():  # warm-up (and the optimizers allocate their state)
         step()
-    times = {name: [] for name in steps}
+    phases = {name: [] for name in steps}
     for _ in range(args.train_repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+            phases[name].append(step())
+    times = {name: [sum(p) for p in runs] for name, runs in phases.items()}
     # the weights each step updates (our unused pooler and next-sentence head get no gradient)
     updated = {name: sum(p.numel() for p in optimizer.state) for name, optimizer in optimizers.items()}
     print(f"Training step (forward + loss on {int(scored.sum())} masked tokens, backward, AdamW step), "
-          f"dropout on, batch {args.batch} x {args.pos}, median of {args.train_repeats} steps:\n")
+          f"dropout on, batch {args.batch} x {args.pos}, median of {args.train_repeats} steps "
+          f"(and of each phase, in ms):\n")
     baseline = statistics.median(times["HF eager"])
-    print(f"| {'contender':10} | median ms | vs HF eager | weights updated |")
-    print(f"|{'-' * 12}|-----------|-------------|-----------------|")
+    print(f"| {'contender':10} | median ms | vs HF eager | forward | backward | optimizer | weights updated |")
+    print(f"|{'-' * 12}|-----------|-------------|---------|----------|-----------|-----------------|")
     for name in steps:
         median = statistics.median(times[name])
-        print(f"| {name:10} | {median * 1000:9.1f} | {median / baseline:10.2f}x | {updated[name] / 1e6:14.1f}M |")
+        forward, backward, optimizer = (statistics.median(run[i] for run in phases[name]) * 1000 for i in range(3))
+        print(f"| {name:10} | {median * 1000:9.1f} | {median / baseline:10.2f}x | {forward:7.0f} | {backward:8.0f} "
+              f"| {optimizer:9.0f} | {updated[name] / 1e6:14.1f}M |")
 
 
 if __name__ == "__main__":
