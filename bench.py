@@ -1,11 +1,17 @@
 """Benchmark: hooked_bert against HuggingFace, side by side, in one process.
 
-    python bench.py [--batch 8] [--pos 128] [--layers 12] [--repeats 9]
+    python bench.py [--batch 8] [--pos 128] [--layers 12] [--repeats 9] [--train-repeats 5]
+    python bench.py --training-only      # only the training-step table
 
 A bert-base-sized model (vocab 30522, 768 wide, 12 heads) with random weights and a padded
 batch. The contenders run interleaved, after a warm-up, and the median wall time of each is
 reported with its ratio to HuggingFace eager and to our plain forward, then the peak memory
 each one adds, then a probing-style loop that caches one activation over many batches.
+
+Then one masked-LM training step (train mode, so dropout on; forward with the loss on 15% of
+the tokens, backward, AdamW step) of our model against HuggingFace's BertForMaskedLM of the
+same config, interleaved in the same way. Our W_U is a parameter of its own where HuggingFace
+ties it to W_E, so our step also computes and applies an update for those 23M weights.
 
 Memory is the process's peak resident set size above what it held before the run (Linux
 VmHWM, reset through /proc/self/clear_refs). It is measured in a second process of this
@@ -51,6 +57,8 @@ def main():
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--probe-batches", type=int, default=20)
+    parser.add_argument("--train-repeats", type=int, default=5, help="timed training steps per contender")
+    parser.add_argument("--training-only", action="store_true", help="time only the training step")
     parser.add_argument("--memory-only", action="store_true", help="(internal) print peak memory as JSON")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -102,6 +110,10 @@ def main():
         print(json.dumps(memory))
         return
 
+    if args.training_only:
+        time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs, tokens)
+        return
+
     with torch.no_grad():
         for fn in contenders.values():  # warm-up
             fn()
@@ -128,6 +140,56 @@ def main():
     print(f"\nProbing loop (run_with_cache of one hook, keep the [CLS] vector): peak memory added "
           f"{memory['probe, 1 batch']:.0f} MiB for 1 batch, {memory['probe, many batches']:.0f} MiB "
           f"for {args.probe_batches} batches.")
+    print()
+    time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs, tokens)
+
+
+def time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs, tokens):
+    """One masked-LM training step (forward with the loss, backward, AdamW step), dropout on."""
+    generator = torch.Generator().manual_seed(1)
+    scored = (torch.rand(tokens.shape, generator=generator) < 0.15) & (our_inputs["one_zero_attention_mask"] == 1)
+    labels = torch.where(scored, torch.randint(1000, 30000, tokens.shape, generator=generator), -100)
+    steps, optimizers = {}, {}
+    for name, net, loss_fn in [
+        ("HF eager", hf_eager, lambda: hf_eager(**hf_inputs, labels=labels).loss),
+        ("HF sdpa", hf_sdpa, lambda: hf_sdpa(**hf_inputs, labels=labels).loss),
+        ("ours", model, lambda: model(tokens, return_type="loss", labels=labels, **our_inputs)),
+    ]:
+        net.train()
+        optimizer = optimizers[name] = torch.optim.AdamW(net.parameters(), lr=1e-5)
+
+        def step(loss_fn=loss_fn, optimizer=optimizer):
+            """Run one step; returns the seconds spent in forward, backward and optimizer step."""
+            start = time.perf_counter()
+            loss = loss_fn()
+            forward = time.perf_counter()
+            loss.backward()
+            backward = time.perf_counter()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return forward - start, backward - forward, time.perf_counter() - backward
+
+        steps[name] = step
+    for step in steps.values():  # warm-up (and the optimizers allocate their state)
+        step()
+    phases = {name: [] for name in steps}
+    for _ in range(args.train_repeats):
+        for name, step in steps.items():
+            phases[name].append(step())
+    times = {name: [sum(p) for p in runs] for name, runs in phases.items()}
+    # the weights each step updates (our unused pooler and next-sentence head get no gradient)
+    updated = {name: sum(p.numel() for p in optimizer.state) for name, optimizer in optimizers.items()}
+    print(f"Training step (forward + loss on {int(scored.sum())} masked tokens, backward, AdamW step), "
+          f"dropout on, batch {args.batch} x {args.pos}, median of {args.train_repeats} steps "
+          f"(and of each phase, in ms):\n")
+    baseline = statistics.median(times["HF eager"])
+    print(f"| {'contender':10} | median ms | vs HF eager | forward | backward | optimizer | weights updated |")
+    print(f"|{'-' * 12}|-----------|-------------|---------|----------|-----------|-----------------|")
+    for name in steps:
+        median = statistics.median(times[name])
+        forward, backward, optimizer = (statistics.median(run[i] for run in phases[name]) * 1000 for i in range(3))
+        print(f"| {name:10} | {median * 1000:9.1f} | {median / baseline:10.2f}x | {forward:7.0f} | {backward:8.0f} "
+              f"| {optimizer:9.0f} | {updated[name] / 1e6:14.1f}M |")
 
 
 if __name__ == "__main__":
