@@ -19,10 +19,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # component name -> {"select": -k selection, "run": n, "passed": n, "first": (test, hint) or None}
 BOARD: dict[str, dict] = {}
 BLOCKED: list[str] = []
+NOT_SELECTED: dict[str, int] = {}  # component name -> its tests that -k (or -m) left out
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "component(name, select): an exercise test of one component")
+
+
+def pytest_deselected(items):
+    for item in items:
+        name, _ = component_of(item)
+        if name is not None:
+            NOT_SELECTED[name] = NOT_SELECTED.get(name, 0) + 1
 
 
 def component_of(item):
@@ -77,8 +85,13 @@ def pytest_terminal_summary(terminalreporter):
     for name, row in BOARD.items():
         status = "pass" if row["passed"] == row["run"] else "FAIL"
         score = f"{row['passed']:>3}/{row['run']:<3}"
-        write(f"  {name:<15} {status}  {score}  pytest -k {row['select']}")
+        left_out = f"  ({NOT_SELECTED[name]} more not run)" if name in NOT_SELECTED else ""
+        write(f"  {name:<15} {status}  {score}  pytest -k {row['select']}{left_out}")
     failing = first_failing()
+    if failing is None and any(name in NOT_SELECTED for name in BOARD):
+        write("every test that ran passes; some tests of these components did not run: "
+              "run them all with pytest -k <the component's selection>")
+        return
     if failing is None:
         write("every component that ran passes")
         return

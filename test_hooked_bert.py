@@ -116,7 +116,11 @@ def test_pos_embed(ref):
             "batch, shape [batch, pos, d_model]")
     pos_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).pos_embed
     expected = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
-    check(output_of(pos_embed, ref.tokens, hint=hint), expected, hint)
+    pos = output_of(pos_embed, ref.tokens, hint=hint)
+    check(pos, expected, hint)
+    assert pos.untyped_storage().data_ptr() != pos_embed.W_pos.untyped_storage().data_ptr(), (
+        "PosEmbed: return a new tensor (index W_pos with the positions), not a view of W_pos: "
+        "a hook that edits its activation in place would change the weights")
 
 
 @exercise("TokenTypeEmbed")
@@ -137,6 +141,19 @@ def test_layer_norm(ref):
     layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
     check(output_of(layer_norm, ref.inputs["bert.embeddings.LayerNorm"], hint=hint),
           ref.outputs["bert.embeddings.LayerNorm"], hint)
+
+
+@exercise("LayerNorm")
+def test_layer_norm_of_a_nearly_constant_input(ref):
+    """Variance ~1e-10, near eps = 1e-12: where eps sits now changes the output by far more."""
+    hint = ("LayerNorm: with a nearly constant input, eps matters: 1e-12, INSIDE the square root, "
+            "sqrt(var + eps)")
+    hf_layer_norm = ref.hf.bert.embeddings.LayerNorm
+    x = ref.inputs["bert.embeddings.LayerNorm"] * 1e-5
+    with torch.no_grad():
+        expected = hf_layer_norm(x)
+    layer_norm = make_layer_norm(ref.cfg, hf_layer_norm)
+    check(output_of(layer_norm, x, hint=hint), expected, hint)
 
 
 @exercise("LayerNorm")
@@ -176,6 +193,25 @@ def test_bert_embed(ref):
     embed.ln = recorded(ref, "bert.embeddings.LayerNorm", "BertEmbed.ln", hint)
     check(output_of(embed, ref.tokens, ref.token_type_ids, hint=hint), ref.out.hidden_states[0],
           hint)
+
+
+@exercise("BertEmbed")
+def test_bert_embed_without_token_types(ref):
+    hint = "BertEmbed: token_type_ids=None means every token is sentence A (token type 0)"
+    embed = make_embed(ref.cfg, ref.hf.bert.embeddings)
+    hf_embeddings = ref.hf.bert.embeddings
+    sentence_a = torch.zeros_like(ref.tokens)
+    with torch.no_grad():
+        types_a = hf_embeddings.token_type_embeddings(sentence_a)
+        summed = (ref.outputs["bert.embeddings.word_embeddings"] + types_a
+                  + ref.outputs["bert.embeddings.position_embeddings"])
+        expected = hf_embeddings.LayerNorm(summed)
+    positions = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
+    embed.embed = recorded(ref, "bert.embeddings.word_embeddings", "BertEmbed.embed", hint)
+    embed.pos_embed = StandIn("BertEmbed.pos_embed", (ref.tokens,), positions, hint)
+    embed.token_type_embed = StandIn("BertEmbed.token_type_embed", (sentence_a,), types_a, hint)
+    embed.ln = StandIn("BertEmbed.ln", (summed,), expected, hint)
+    check(output_of(embed, ref.tokens, hint=hint), expected, hint)
 
 
 # --- Attention, step by step through its hooks -----------------------------------------------
@@ -624,6 +660,8 @@ def add_hint(error, hint, component, stop_at=None):
         before = f" before calling self.{stop_at}" if stop_at else ""
         diagnosis = f"not written yet: {where} raises NotImplementedError{before}"
         error = pytest.fail.Exception(diagnosis, pytrace=False)
+        error.hint = f"{diagnosis}\n\nIts stub in hooked_bert.py says what to compute."
+        return error  # (no diagnosis of a mistake: there is none yet)
     else:
         diagnosis = f"{where} raised {type(error).__name__}: {error}"
         error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]

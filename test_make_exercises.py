@@ -47,7 +47,8 @@ def test_kit_fails_each_blanked_component_and_passes_once_restored(tmp_path):
     blanked, restored = tmp_path / "kit", tmp_path / "restored"
     kit.make_kit(blanked, kit.COMPONENTS)
     assert sorted(p.name for p in blanked.iterdir()) == [
-        "STUDENT.md", "conftest.py", "hooked_bert.py", "requirements.txt", "test_hooked_bert.py"]
+        "STUDENT.md", "conftest.py", "hooked_bert.py", "pytest.ini", "requirements.txt",
+        "test_hooked_bert.py"]
 
     original = (ROOT / "hooked_bert.py").read_text()
     student = (blanked / "hooked_bert.py").read_text()
@@ -80,8 +81,27 @@ def test_kit_fails_each_blanked_component_and_passes_once_restored(tmp_path):
     assert failed and not outside, f"failures outside the blanked components: {outside}"
     assert "blocked by Embed" in blanked_output and "Traceback" not in blanked_output
 
-    assert runs[1].returncode == 0 and "every component that ran passes" in restored_output, (
+    assert runs[1].returncode == 0 and "every test that ran passes" in restored_output, (
         restored_output[-3000:])
     board = restored_output[restored_output.index("progress board"):]
     assert all(re.search(rf"^  {name} +pass ", board, re.M) for name in kit.COMPONENTS), board
     assert "skipped" not in restored_output.splitlines()[-1]
+
+
+def test_grade_counts_each_components_tests(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import grade
+    finally:
+        sys.path.pop(0)
+    report = tmp_path / "grade.xml"
+    report.write_text(
+        '<testsuites><testsuite>'
+        '<testcase name="test_embed[small]"/><testcase name="test_embed[3types-silu]">'
+        '<failure message="x"/></testcase>'
+        '<testcase name="test_attention_qkv[small-layer0]"/>'
+        '<testcase name="test_model_matches_hf_float64[small]"><skipped/></testcase>'
+        '</testsuite></testsuites>')
+    grades = grade.grade(str(report), grade.exercises())
+    assert grades["Embed"] == (1, 2) and grades["Attention"] == (1, 1)
+    assert grades["LayerNorm"] == (0, 0)

@@ -240,6 +240,12 @@ def command(name: str) -> str:
     return re.search(r"(?:Check|All of it): (pytest -k \w+)", STUBS[name]).group(1)
 
 
+# Short tracebacks and no list of failures at the end: the progress board says where to go next.
+PYTEST_INI = """[pytest]
+addopts = --tb=short -rN
+"""
+
+
 def make_kit(out_dir: Path, blanked, root: Path = ROOT) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
@@ -249,6 +255,7 @@ def make_kit(out_dir: Path, blanked, root: Path = ROOT) -> None:
     for name in ("test_hooked_bert.py", "conftest.py"):
         (out_dir / name).write_text((root / name).read_text())
     (out_dir / "requirements.txt").write_text(REQUIREMENTS)
+    (out_dir / "pytest.ini").write_text(PYTEST_INI)
     (out_dir / "STUDENT.md").write_text(student_md(blanked))
 
 
