@@ -448,7 +448,7 @@ class HookedEncoder(nn.Module):
 
     def __init__(self, cfg: Config, tokenizer=None):
         super().__init__()
-        cfg = as_config(cfg)  # a Config, or a dict of its fields
+        cfg = as_config(cfg)  # a Config, a dict of its fields, or an object that has them
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.embed = BertEmbed(cfg)
