@@ -1,6 +1,6 @@
 """hooked_bert.py: BERT in one readable file, with a hook on every interesting activation.
 
-How to read it. Part 1 (lines 42-587) is BERT: a tiny `HookPoint`, the `Config` (with the
+How to read it. Part 1 (lines 42-592) is BERT: a tiny `HookPoint`, the `Config` (with the
 activation functions and a named-dimension `einsum`), every component in the order data flows
 through it (embeddings, LayerNorm, attention, MLP, the post-LN block, then the heads), and
 `HookedEncoder`, which puts them together; its last methods are doors to part 2. Part 2 is the
@@ -67,6 +67,11 @@ class HookPoint(nn.Module):
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
+
+    def remove_hook(self, fn: Callable, dir: str) -> None:
+        hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+        if fn in hooks:
+            hooks.remove(fn)
 
     def remove_hooks(self, dir: str = "both") -> None:
         if dir in ("fwd", "both"):
@@ -660,7 +665,7 @@ def attach_hooks(model: HookedEncoder, fwd_hooks=(), bwd_hooks=(), reset_hooks_e
 
     def remove_added():
         for point, fn, dir in added:
-            (point.fwd_hooks if dir == "fwd" else point.bwd_hooks).remove(fn)
+            point.remove_hook(fn, dir)
     try:
         for dir, hook_list in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
             for pair in hook_list:
@@ -684,8 +689,8 @@ def cache_activations(model: HookedEncoder, model_args, model_kwargs, names_filt
     every hook). remove_batch_dim: for a batch of one, save [pos, ...] instead of [1, pos, ...].
     incl_bwd: also call backward() on the output (a scalar: return_type="loss") and save the
     gradients as "<hook name>_grad". device: where to keep the saved tensors (e.g. "cpu").
-    Each cached tensor is what its hook saw, even if a later hook edits in place. The output is
-    not copied: it is the same tensor as its own hook's entry (e.g. unembed.hook_out). Every
+    Each cached tensor is what its hook saw, even if a later hook edits in place. Without other
+    hooks nothing is copied, so the output is the same tensor as its hook's entry. Every
     hook of bert-base on 8 x 128 tokens is ~0.9 GB (README, "Speed")."""
     every_hook = lambda name: True
     points = select_hook_points(model, every_hook if names_filter is None else names_filter)
@@ -778,6 +783,11 @@ class ActivationCache(dict):
                                      "chose what to save)")
         return super().__getitem__(key)
 
+    @property
+    def cache_dict(self) -> dict[str, Tensor]:
+        """TransformerLens's name for the dict of saved tensors (this cache is that dict)."""
+        return self
+
     def stack_activation(self, name: str, sublayer_type: Optional[str] = None) -> Tensor:
         """One activation from every layer, stacked: [n_layers, *activation shape]."""
         return torch.stack([self[name, layer, sublayer_type] for layer in range(self.n_layers)])
@@ -826,13 +836,14 @@ def as_config(cfg) -> Config:
 # The heads each return_type needs.
 HEADS_NEEDED = {"logits": ["mlm_head"], "predictions": ["mlm_head"], "loss": ["mlm_head"],
                 "pooled": ["pooler"], "nsp_logits": ["pooler", "nsp_head"], None: []}
+RETURN_TYPES = tuple(HEADS_NEEDED)
 
 
 def prepare_input(model: HookedEncoder, input, return_type, token_type_ids, mask, labels):
     """forward()'s checks, made before anything is computed. Tokenizes text input, whose
     token types and padding mask are used unless given."""
-    if return_type not in HEADS_NEEDED:
-        raise ValueError(f"return_type must be one of {list(HEADS_NEEDED)}, got {return_type!r}")
+    if return_type not in RETURN_TYPES:
+        raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
     if not isinstance(input, Tensor):
         input, text_token_types, text_mask = tokenize(model, input)
         token_type_ids = text_token_types if token_type_ids is None else token_type_ids
@@ -945,7 +956,7 @@ def tokenize(model: HookedEncoder, input, move_to_device: bool = True, truncate:
 def predicted_tokens(model: HookedEncoder, tokens: Tensor, logits: Tensor) -> list[list[str]]:
     """For each sequence, the tokens the model predicts at its [MASK] positions, in order."""
     predicted = logits.argmax(dim=-1)  # [batch, pos]
-    is_mask = tokens == model.tokenizer.mask_token_id  # [batch, pos]
+    is_mask = (tokens == model.tokenizer.mask_token_id).to(predicted.device)  # [batch, pos]
     to_strings = model.tokenizer.convert_ids_to_tokens
     return [to_strings(predicted[i][is_mask[i]].tolist()) for i in range(len(tokens))]
 

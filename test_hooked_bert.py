@@ -1246,6 +1246,7 @@ def test_cache_shorthand_and_stacking(ref, model):
     assert cache["scale", 0, "ln1"] is cache["blocks.0.ln1.hook_scale"]
     assert cache["post", 1] is cache["blocks.1.mlp.hook_post"]
     assert cache["full_embed"] is cache["hook_full_embed"]
+    assert cache.cache_dict["blocks.0.attn.hook_pattern"] is cache["pattern", 0]  # TL's name
     stacked = cache.stack_activation("pattern")
     assert stacked.shape == (model.cfg.n_layers, *cache["pattern", 0].shape)
     with pytest.raises(KeyError, match="did you mean"):
