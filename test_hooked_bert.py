@@ -1424,10 +1424,10 @@ def test_demo_help_prints_usage(monkeypatch, capsys):
     import runpy
 
     monkeypatch.setattr(sys, "argv", ["hooked_bert.py", "--help"])
-    with pytest.raises(SystemExit) as exit:
+    with pytest.raises(SystemExit) as exited:
         runpy.run_path(os.path.join(HERE, "hooked_bert.py"), run_name="__main__")
     out = capsys.readouterr().out
-    assert exit.value.code == 0 and out.startswith("usage: hooked_bert.py [-h] [model] [text]"), out
+    assert exited.value.code == 0 and out.startswith("usage: hooked_bert.py [-h] [model] [text]"), out
 
 
 def test_offline_demo_shows_that_only_attention_moves_information_between_positions(capsys):
