@@ -1241,18 +1241,27 @@ def demo_random_weights():
             print(f"  {name:42} {tuple(activation.shape)}")
     print("  (blocks.1 has the same hooks as blocks.0)\n")
 
-    def ablate_head_0(z, hook):
-        z[:, :, 0] = 0.0  # z: [batch, pos, head_index, d_head]; head 0 now writes nothing
+    # Attention is the only step that moves information between positions: change one token and,
+    # with every head zero-ablated, the logits move at that position only.
+    edited = tokens.clone()
+    edited[:, 5] = (tokens[:, 5] + 1) % hf_config.vocab_size
 
-    with torch.no_grad():
-        ablated = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", ablate_head_0)])
-    changed = (ablated.argmax(-1) != logits.argmax(-1)).float().mean().item()
-    print(f"Zero-ablating head L0H0 moves the logits by up to {(ablated - logits).abs().max():.3f} "
-          f"and changes the top prediction at {changed:.0%} of positions.")
+    def ablate_every_head(z, hook):
+        z.zero_()  # z: [batch, pos, head_index, d_head]; no head writes anything
+
+    print("Change the token at position 5: how far the logits move, at position 5 and elsewhere")
+    every_head = [(lambda name: name.endswith("hook_z"), ablate_every_head)]
+    for label, fwd_hooks in [("intact", []), ("every head zero-ablated", every_head)]:
+        with torch.no_grad():
+            moved = (model.run_with_hooks(edited, fwd_hooks=fwd_hooks)
+                     - model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)).abs().amax(dim=-1)
+        print(f"  {label + ':':24} {moved[:, 5].max():.2f} at position 5, up to "
+              f"{torch.cat([moved[:, :5], moved[:, 6:]], 1).max():.1e} at the other positions")
 
 
 def demo_pretrained(name_or_path: str, text: str):
-    """Load a real BERT and show what it sees in `text`: where each head looks most."""
+    """Load a real BERT and show what its heads do in `text`: what each head attends to most from
+    the tokens between [CLS] and [SEP] (the previous token, itself, the next, or [CLS]/[SEP])."""
     try:
         model = HookedEncoder.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
@@ -1267,18 +1276,33 @@ def demo_pretrained(name_or_path: str, text: str):
         _, cache = model.run_with_cache(tokens, token_type_ids=token_type_ids,
                                         one_zero_attention_mask=mask, return_type=None,
                                         names_filter=lambda name: name.endswith("hook_pattern"))
-    str_tokens = model.tokenizer.convert_ids_to_tokens(tokens[0].tolist())
-    print(f"Tokens: {str_tokens}\nWhere each head looks most, averaged over query positions:")
+    print(f"Tokens: {model.tokenizer.convert_ids_to_tokens(tokens[0].tolist())}")
+    print("What each head attends to most, from the tokens between [CLS] and [SEP] (mean share):")
+    kinds = ["the previous token", "itself", "the next token", "[CLS] or [SEP]"]
+    heads_of = {kind: [] for kind in kinds}  # kind -> "L0H2 1.00", ...
+    words = torch.arange(1, tokens.shape[1] - 1)  # query positions between [CLS] and [SEP]
     for layer in range(model.cfg.n_layers):
-        attention_received = cache["pattern", layer][0].mean(dim=1)  # [head_index, key_pos]
-        favourites = [str_tokens[key] for key in attention_received.argmax(dim=-1).tolist()]
-        heads = " ".join(f"H{head}:{token}" for head, token in enumerate(favourites))
-        print(f"  layer {layer}: {heads}")
+        pattern = cache["pattern", layer][0]  # [head_index, query_pos, key_pos]
+        shares = [pattern[:, words, words + offset] for offset in (-1, 0, 1)]  # [head_index, word]
+        shares.append(pattern[:, words][:, :, [0, -1]].sum(dim=-1))  # on [CLS] and [SEP]
+        share = torch.stack(shares).mean(dim=-1)  # [kind, head_index]
+        for head, kind in enumerate(share.argmax(dim=0).tolist()):
+            heads_of[kinds[kind]].append(f"L{layer}H{head} {share[kind, head]:.2f}")
+    for kind, heads in heads_of.items():
+        listed = ", ".join(heads) if len(heads) <= 8 else f"{len(heads)} heads"
+        print(f"  {kind + ':':19} {listed or 'none'}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 1:
-        demo_random_weights()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Look inside a BERT. With no arguments: a small "
+                                     "random one, offline, checked against HuggingFace's.")
+    parser.add_argument("model", nargs="?", help="a hub name (bert-base-uncased) or a local folder")
+    parser.add_argument("text", nargs="?", default="The capital of France is [MASK].",
+                        help="the text to look at (default: %(default)s)")
+    args = parser.parse_args()
+    if args.model:
+        demo_pretrained(args.model, args.text)
     else:
-        text = sys.argv[2] if len(sys.argv) > 2 else "The capital of France is [MASK]."
-        demo_pretrained(sys.argv[1], text)
+        demo_random_weights()

