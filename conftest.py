@@ -66,10 +66,10 @@ def first_stub():
     NotImplementedError, as the kit's stubs do; looked up once, from the loaded code."""
     if not STUBS:
         module = sys.modules.get("hooked_bert")
-        STUBS.append(next((name for name, obj in vars(module or sys).items()
-                           if isinstance(obj, type) and obj.__module__ == "hooked_bert"
-                           and "forward" in vars(obj)
-                           and "NotImplementedError" in obj.forward.__code__.co_names), None))
+        classes = [obj for obj in vars(module).values() if isinstance(obj, type)
+                   and obj.__module__ == "hooked_bert"] if module else []
+        STUBS.append(next((cls.__name__ for cls in classes if "forward" in vars(cls)
+                           and "NotImplementedError" in cls.forward.__code__.co_names), None))
     return STUBS[0]
 
 
@@ -118,7 +118,7 @@ def pytest_runtest_makereport(item, call):
     if report.failed and not item.config.getoption("fulltrace"):
         drop_torch_frames(report.longrepr)
     name, select = component_of(item)
-    if report.skipped and item.nodeid not in BLOCKED and not hasattr(report, "wasxfail"):
+    if report.skipped and item.nodeid not in BLOCKED and isinstance(report.longrepr, tuple):
         reason = str(report.longrepr[2]).removeprefix("Skipped: ")
         SKIPPED.setdefault(reason, []).append(item.name)
     if report.failed and call.when == "call":
@@ -144,8 +144,10 @@ class WithNotes:
         self.longrepr, self.notes = longrepr, notes
 
     def toterminal(self, out):
-        self.longrepr.toterminal(out) if hasattr(self.longrepr, "toterminal") else out.line(
-            str(self.longrepr))
+        if hasattr(self.longrepr, "toterminal"):
+            self.longrepr.toterminal(out)
+        else:
+            out.line(str(self.longrepr))
         for note in self.notes:
             out.line(note, yellow=True)
 
@@ -162,10 +164,10 @@ def notes_on(group, failures):
     (first, first_line), others = failures[0], failures[1:]
     if group[0] == "stubs":
         return [f"{len(others)} more of {group[1]}'s tests stop at a stub too (NotImplementedError)"]
-    param = lambda report: report.nodeid[len(group[1]):]  # "[small-layer1]"
-    same = [param(report) for report, line in others if line == first_line]
-    notes = [f"the same failure in {', '.join(same)}"] if same else []
-    return notes + [short(f"{param(report)}: {line}") for report, line in others
+    ids = [report.nodeid[len(group[1]):] for report, _ in others]  # "[small-layer1]", ...
+    same = [param for param, (_, line) in zip(ids, others) if line == first_line]
+    notes = [f"the same failure as above in {', '.join(same)}"] if same else []
+    return notes + [short(f"{param}: {line}") for param, (_, line) in zip(ids, others)
                     if line != first_line]
 
 
@@ -223,12 +225,14 @@ def write_board(terminalreporter):
                     f"rerun it: pytest -k {function}   (all of {failing}: pytest -k {select})")
     elif OTHER_FAILURES:
         test, function, hint = OTHER_FAILURES[0]
-        more = f" (and {len(OTHER_FAILURES) - 1} more tests)" if len(OTHER_FAILURES) > 1 else ""
-        write_first(write, f"every component that ran passes, but {test} fails{more}", hint,
+        more = f" (and {len(OTHER_FAILURES) - 1} more failing tests)" if len(OTHER_FAILURES) > 1 else ""
+        passing = ("every component passes" if not any(not_run.values()) and not never else
+                   "the components that ran pass" if BOARD else "no component test ran")
+        write_first(write, f"{passing}, but {test} fails{more}", hint,
                     f"rerun it: pytest -k {function}")
     elif any(not_run.values()) or never:
         write("every test that ran passes; some tests of the components did not run: "
-              "run them all with pytest (no -k)")
+              "run them all with a plain pytest")
     elif not BLOCKED:
         write("every component passes")
     if BLOCKED:
