@@ -1,14 +1,22 @@
-"""The progress board printed after every pytest run, and "blocked" for the later tests.
+"""The progress board printed after every pytest run, "blocked" for the later tests, and short
+failure lists.
 
 A test marked `component(name, select=...)` (test_hooked_bert.py's exercises) counts for that
-component on the board. While a component's test fails, every later test without that mark
-(the whole model, loading, hooks, text, tutorial) is skipped with "blocked by <component>":
-it could only fail because of it. When every component passes, nothing is skipped and the
-board only lists them. A failure that is only an unwritten stub (NotImplementedError) is
-reported in one line instead of a traceback (test_hooked_bert.py's add_hint does that).
+component on the board. Every later test without that mark (the whole model, loading, hooks,
+text, tutorial) is skipped with "blocked by <component>" while a component's test fails or a
+component's `forward` still raises NotImplementedError (an unwritten stub of the student kit),
+even one whose tests were not selected: it could only fail because of it. The board says how
+many tests of each component did not run (-k, -m, node ids), names the first failing test and
+its hint (a component's, or else a whole-model one), and lists the skipped tests and why.
+
+Failures are listed once per test function: the first in full, each other parametrisation in
+one line under it ("the same failure in ..." or its own first line). A stub's failures are
+listed once per component: there is no code to debug yet. Frames inside torch are left out of
+tracebacks (nn.Module's call machinery and the like): the student's line is what matters.
 """
 
 import os
+import sys
 
 import pytest
 
@@ -18,19 +26,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # component name -> {"select": -k selection, "run": n, "passed": n, "first": (test, hint) or None}
 BOARD: dict[str, dict] = {}
-BLOCKED: list[str] = []
-NOT_SELECTED: dict[str, int] = {}  # component name -> its tests that -k (or -m) left out
+COLLECTED: dict[str, dict] = {}  # component name -> {"select": ..., "tests": node ids}, all of them
+RAN: dict[str, set] = {}  # component name -> node ids of its tests that ran
+BLOCKED: dict[str, str] = {}  # node id of a test skipped as blocked -> what blocked it
+SKIPPED: dict[str, list] = {}  # reason -> names of the (not blocked) tests skipped for it
+OTHER_FAILURES: list = []  # (test, function, hint) of failing tests without a component mark
+FAILURES: dict[tuple, list] = {}  # group (function, or a component's stubs) -> [(report, line)]
+STUBS: list = []  # the classes whose forward still raises NotImplementedError, found once
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "component(name, select): an exercise test of one component")
-
-
-def pytest_deselected(items):
-    for item in items:
-        name, _ = component_of(item)
-        if name is not None:
-            NOT_SELECTED[name] = NOT_SELECTED.get(name, 0) + 1
+    config.pluginmanager.register(FailuresBack(), "board-failures-back")
 
 
 def component_of(item):
@@ -38,18 +45,48 @@ def component_of(item):
     return (marker.args[0], marker.kwargs["select"]) if marker else (None, None)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """Every component test that exists, whatever the selection: a node id or -k still collects
+    the whole file first, so the board can say how many did not run."""
+    report = yield
+    for node in report.result if report.passed else ():
+        name, select = component_of(node) if isinstance(node, pytest.Item) else (None, None)
+        if name is not None:
+            COLLECTED.setdefault(name, dict(select=select, tests=set()))["tests"].add(node.nodeid)
+    return report
+
+
 def first_failing():
     return next((name for name, row in BOARD.items() if row["passed"] < row["run"]), None)
 
 
+def first_stub():
+    """The first class of hooked_bert.py (if it is imported) whose `forward` names
+    NotImplementedError, as the kit's stubs do; looked up once, from the loaded code."""
+    if not STUBS:
+        module = sys.modules.get("hooked_bert")
+        classes = [obj for obj in vars(module).values() if isinstance(obj, type)
+                   and obj.__module__ == "hooked_bert"] if module else []
+        STUBS.append(next((cls.__name__ for cls in classes if "forward" in vars(cls)
+                           and "NotImplementedError" in cls.forward.__code__.co_names), None))
+    return STUBS[0]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    name, _ = component_of(item)
-    failing = first_failing()
-    if name is None and failing is not None:
-        BLOCKED.append(item.nodeid)
+    if component_of(item)[0] is not None:
+        return
+    failing, stub = first_failing(), first_stub()
+    if failing is not None:
+        BLOCKED[item.nodeid] = failing
         pytest.skip(f"blocked by {failing}: make its tests pass first "
                     f"(pytest -k {BOARD[failing]['select']})")
+    if stub is not None:
+        BLOCKED[item.nodeid] = f"{stub} (not written yet)"
+        select = COLLECTED.get(stub, {}).get("select")
+        pytest.skip(f"blocked by {stub}: its forward still raises NotImplementedError"
+                    + (f"; write it first (pytest -k {select})" if select else ""))
 
 
 def hint_of(error):
@@ -59,49 +96,157 @@ def hint_of(error):
     return "\n".join([paragraphs[0]] + [p.splitlines()[0] for p in paragraphs[1:2] if p.strip()])
 
 
+def is_stub(error):
+    """Whether `error` is (or was raised while handling) a NotImplementedError."""
+    while error is not None and not isinstance(error, NotImplementedError):
+        error = error.__cause__ or error.__context__
+    return error is not None
+
+
+def drop_torch_frames(longrepr):
+    """Leave out of a printed traceback the frames inside torch (nn.Module's call machinery,
+    mostly), except the last one, which carries the error."""
+    for traceback, _, _ in getattr(longrepr, "chain", ()):
+        entries = traceback.reprentries
+        traceback.reprentries = [entry for entry in entries[:-1] if f"{os.sep}torch{os.sep}" not in
+                                 str(getattr(entry.reprfileloc, "path", ""))] + entries[-1:]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
+    if report.failed and not item.config.getoption("fulltrace"):
+        drop_torch_frames(report.longrepr)
     name, select = component_of(item)
+    if report.skipped and item.nodeid not in BLOCKED and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        SKIPPED.setdefault(reason, []).append(item.name)
+    if report.failed and call.when == "call":
+        stub = name is not None and is_stub(call.excinfo.value)
+        group = ("stubs", name) if stub else ("function", report.nodeid.split("[")[0])
+        FAILURES.setdefault(group, []).append((report, call.excinfo.exconly().splitlines()[0]))
+    if report.failed and name is None and call.excinfo is not None:
+        OTHER_FAILURES.append((item.name, item.originalname, hint_of(call.excinfo.value)))
     if name is None or not (call.when == "call" or report.failed):
         return
+    RAN.setdefault(name, set()).add(item.nodeid)
     row = BOARD.setdefault(name, dict(select=select, run=0, passed=0, first=None))
-    if call.when == "call" or report.failed:
-        row["run"] += 1
-        row["passed"] += report.passed
-    if report.failed and call.excinfo is not None:
-        error = call.excinfo.value
-        if row["first"] is None:
-            row["first"] = (item.name, item.originalname, hint_of(error))
+    row["run"] += 1
+    row["passed"] += report.passed
+    if report.failed and call.excinfo is not None and row["first"] is None:
+        row["first"] = (item.name, item.originalname, hint_of(call.excinfo.value))
+
+
+class WithNotes:
+    """A failure's report as pytest prints it (its longrepr), then one-line notes."""
+
+    def __init__(self, longrepr, notes):
+        self.longrepr, self.notes = longrepr, notes
+
+    def toterminal(self, out):
+        if hasattr(self.longrepr, "toterminal"):
+            self.longrepr.toterminal(out)
+        else:
+            out.line(str(self.longrepr))
+        for note in self.notes:
+            out.line(note, yellow=True)
+
+    def __getattr__(self, name):  # reprcrash and the like, for pytest's one-line summaries
+        return getattr(self.longrepr, name)
+
+
+def short(line, width=100):
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def notes_on(group, failures):
+    """One line for each failure listed under the first of its group (a stub's: one for all)."""
+    (first, first_line), others = failures[0], failures[1:]
+    if group[0] == "stubs":
+        return [f"{len(others)} more of {group[1]}'s tests stop at a stub too (NotImplementedError)"]
+    ids = [report.nodeid[len(group[1]):] for report, _ in others]  # "[small-layer1]", ...
+    same = [param for param, (_, line) in zip(ids, others) if line == first_line]
+    notes = [f"the same failure as above in {', '.join(same)}"] if same else []
+    return notes + [short(f"{param}: {line}") for param, (_, line) in zip(ids, others)
+                    if line != first_line]
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter):
-    yield  # after pytest's own summary, so that the board is the last thing on the screen
-    if not BOARD:
-        return
+    """Around pytest's own summary: its list of failures gets only the first of each group,
+    with the others as notes under it; the board comes last, under everything."""
+    stats = terminalreporter.stats
+    hidden = set()
+    for group, failures in FAILURES.items():
+        if len(failures) > 1:
+            first = failures[0][0]
+            first.longrepr = WithNotes(first.longrepr, notes_on(group, failures))
+            hidden.update(id(report) for report, _ in failures[1:])
+    if hidden:
+        EVERY_FAILURE.extend(stats["failed"])
+        stats["failed"] = [report for report in EVERY_FAILURE if id(report) not in hidden]
+    yield
+    if COLLECTED or BOARD:
+        write_board(terminalreporter)
+
+
+EVERY_FAILURE: list = []  # pytest's own list of failed reports, while it prints the shorter one
+
+
+class FailuresBack:
+    """Puts every failure back once pytest has printed its list of failures, so that its -r
+    summary and its count ("108 failed") see all of them. (A plugin object: a conftest can
+    have only one function per hook, and this one must run inside pytest's own.)"""
+
+    @pytest.hookimpl(hookwrapper=True, trylast=True)
+    def pytest_terminal_summary(self, terminalreporter):
+        if EVERY_FAILURE:
+            terminalreporter.stats["failed"] = EVERY_FAILURE
+        yield
+
+
+def write_board(terminalreporter):
     write = terminalreporter.write_line
     terminalreporter.write_sep("=", "progress board: the components in the order data flows")
-    for name, row in BOARD.items():
+    not_run = {name: len(info["tests"] - RAN.get(name, set())) for name, info in COLLECTED.items()}
+    for name, row in {name: BOARD[name] for name in [*COLLECTED, *BOARD] if name in BOARD}.items():
         status = "pass" if row["passed"] == row["run"] else "FAIL"
         score = f"{row['passed']:>3}/{row['run']:<3}"
-        left_out = f"  ({NOT_SELECTED[name]} more not run)" if name in NOT_SELECTED else ""
+        left_out = f"  ({not_run[name]} more not run)" if not_run.get(name) else ""
         write(f"  {name:<15} {status}  {score}  pytest -k {row['select']}{left_out}")
+    never = [name for name in COLLECTED if name not in BOARD]
+    if never:
+        write(f"  not run: {', '.join(never)}")
     failing = first_failing()
-    if failing is None and any(name in NOT_SELECTED for name in BOARD):
-        write("every test that ran passes; some tests of these components did not run: "
-              "run them all with pytest -k <the component's selection>")
-        return
-    if failing is None:
-        write("every component that ran passes")
-        return
-    test, function, hint = BOARD[failing]["first"]
+    if failing is not None:
+        test, function, hint = BOARD[failing]["first"]
+        select = BOARD[failing]["select"]
+        write_first(write, f"first failing: {failing} ({test})", hint,
+                    f"rerun it: pytest -k {function}   (all of {failing}: pytest -k {select})")
+    elif OTHER_FAILURES:
+        test, function, hint = OTHER_FAILURES[0]
+        more = f" (and {len(OTHER_FAILURES) - 1} more failing tests)" if len(OTHER_FAILURES) > 1 else ""
+        passing = ("every component passes" if not any(not_run.values()) and not never else
+                   "the components that ran pass" if BOARD else "no component test ran")
+        write_first(write, f"{passing}, but {test} fails{more}", hint,
+                    f"rerun it: pytest -k {function}")
+    elif any(not_run.values()) or never:
+        write("every test that ran passes; some tests of the components did not run: "
+              "run them all with a plain pytest")
+    elif not BLOCKED:
+        write("every component passes")
+    if BLOCKED:
+        blockers = ", ".join(dict.fromkeys(BLOCKED.values()))
+        write(f"{len(BLOCKED)} later tests (whole model, loader, hooks, text, tutorial) were "
+              f"skipped, blocked by {blockers}; pytest -rs lists them")
+    for reason, tests in SKIPPED.items():
+        names = ", ".join(tests[:2]) + (f" and {len(tests) - 2} more" if len(tests) > 2 else "")
+        write(f"skipped: {names}: {reason}")
+
+
+def write_first(write, title, hint, rerun):
     write("")
-    write(f"first failing: {failing} ({test})")
+    write(title)
     for line in hint.splitlines():
         write(f"  {line}")
-    select = BOARD[failing]["select"]
-    write(f"rerun it: pytest -k {function}   (all of {failing}: pytest -k {select})")
-    if BLOCKED:
-        write(f"{len(BLOCKED)} later tests (whole model, loader, hooks, text, tutorial) were "
-              f"skipped, blocked by {failing}; pytest -rs lists them")
+    write(rerun)

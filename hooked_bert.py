@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import gc
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from contextlib import contextmanager
@@ -142,18 +144,17 @@ def _einsum_letters(spec: str) -> str:
     "batch pos d_model, d_model d_mlp -> batch pos d_mlp" becomes "abc,cd->abd". A name is only
     a label: the same name in two operands is the same axis, so the `pos` of q can be called
     `query_pos` and the `pos` of k `key_pos` when both appear in one einsum."""
-    letters: dict[str, str] = {}  # dimension name -> letter, a, b, c, ... in order of first use
-
-    def translate(part: str) -> str:
-        return "".join(letters.setdefault(name, chr(ord("a") + len(letters)))
-                       for name in part.split())
-    inputs, output = spec.split("->")
-    return ",".join(translate(part) for part in inputs.split(",")) + "->" + translate(output)
+    names = dict.fromkeys(re.findall(r"\w+", spec))  # each name once, in order of first use
+    letters = {name: chr(ord("a") + i) for i, name in enumerate(names)}  # a, b, c, ...
+    return re.sub(r"\w+", lambda word: letters[word.group()], spec).replace(" ", "")
 
 
 def einsum(spec: str, *tensors: Tensor) -> Tensor:
     """torch.einsum with whole words as dimension names, so the shapes read as they are."""
-    return torch.einsum(_einsum_letters(spec), *tensors)
+    try:
+        return torch.einsum(_einsum_letters(spec), *tensors)
+    except RuntimeError as error:  # torch's message names the letters: say it in our names
+        raise einsum_error(spec, tensors, error) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,9 +630,22 @@ def checked_replacement(point: HookPoint, new, old: Tensor, kind: str) -> Tensor
     """What a hook returned, if it can stand in for `old`: same shape (cast to old's dtype)."""
     if not isinstance(new, Tensor) or new.shape != old.shape:
         got = f"shape {tuple(new.shape)}" if isinstance(new, Tensor) else type(new).__name__
-        raise ValueError(f"{kind} on {point.name} returned {got}; it must return None or a "
-                         f"tensor of shape {tuple(old.shape)}")
+        name = point.name or next((key for holder in gc.get_referrers(point)  # not in a model:
+                                   if isinstance(holder, dict)  # its name in its parent module
+                                   for key, value in holder.items() if value is point), "?")
+        raise ValueError(f"a {kind} on {name} returned {got}, where {name} has shape "
+                         f"{tuple(old.shape)}: return None or a tensor of that shape")
     return new.to(old.device, old.dtype)  # e.g. a float64 edit in a float32 model
+
+
+def einsum_error(spec: str, tensors, error: RuntimeError) -> RuntimeError:
+    """torch.einsum's `error` in the dimension names of `spec` (torch knows them as a, b, c)."""
+    names = list(dict.fromkeys(re.findall(r"\w+", spec)))  # names[0] is a, as in _einsum_letters
+    said = re.sub(r"subscript ([a-z])\b", lambda found: names[ord(found.group(1)) - ord("a")],
+                  str(error)).removeprefix("einsum(): ")
+    shapes = "; ".join(f"operand {i} [{part.strip()}] has shape {list(x.shape)}"
+                       for i, (part, x) in enumerate(zip(spec.split("->")[0].split(","), tensors)))
+    return RuntimeError(f"einsum {spec!r}: {said}; {shapes}")
 
 
 def register_backward_hooks(point: HookPoint, x: Tensor):

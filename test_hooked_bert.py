@@ -1798,6 +1798,42 @@ def test_transformer_lens_spellings(saved):
               "BertBlock: no padding mask by default")
 
 
+# --- The board and the messages: einsum and hook errors in the student's names ---------------
+
+PROJECT = "batch pos d_model, head_index d_model d_head -> batch pos head_index d_head"
+
+
+@pytest.mark.parametrize("weight, says", [
+    (torch.zeros(4, 12, 12), "d_model has size 12 for operand 1"),  # sizes disagree
+    (torch.zeros(48, 12), ""),  # one dimension fewer than the spec names
+])
+def test_einsum_errors_say_the_dimension_names(weight, says):
+    resid = torch.zeros(3, 11, 48)
+    with pytest.raises(RuntimeError) as error:
+        hb.einsum(PROJECT, resid, weight)
+    message = str(error.value)
+    assert message.startswith(f"einsum {PROJECT!r}: ") and says in message, message
+    assert "subscript" not in message.replace("subscripts", ""), "torch's letters: " + message
+    assert ("operand 0 [batch pos d_model] has shape [3, 11, 48]; operand 1 [head_index d_model "
+            f"d_head] has shape {list(weight.shape)}") in message
+    assert error.value.__suppress_context__, "no chained torch error under it"
+
+
+def test_einsum_letters_follow_the_order_of_first_use():
+    assert hb._einsum_letters("batch query_pos head_index d_head, batch key_pos head_index d_head "
+                              "-> batch head_index query_pos key_pos") == "abcd,aecd->acbe"
+
+
+def test_a_hook_of_the_wrong_shape_on_a_standalone_component_names_the_hook():
+    attn = hb.Attention(hb.Config(d_vocab=10, n_ctx=8, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+                                  n_layers=1))
+    attn.hook_q.add_hook(lambda q, hook: q.transpose(1, 2))  # [batch, head_index, pos, d_head]
+    with pytest.raises(ValueError) as error:
+        attn(torch.zeros(2, 5, 16))
+    assert str(error.value) == ("a forward hook on hook_q returned shape (2, 2, 5, 8), where "
+                                "hook_q has shape (2, 5, 2, 8): return None or a tensor of that shape")
+
+
 # --- Self-contained: importing needs only torch ----------------------------------------------
 
 

@@ -217,9 +217,14 @@ stand-ins for their sub-modules: call `self.ln(...)`, `self.attn(...)`, ... as t
 - The first paragraph of every failure is its hint: what the step computes and the usual
   mistake. Then come the numbers (how many elements differ, by how much).
 - `not written yet: ... raises NotImplementedError` (one line, no traceback): you have not
-  started that step.
+  started that step. It is listed once per component ("44 more of Attention's tests stop at a
+  stub too"): the board counts them all.
 - `... raised IndexError: ...` (or any other error): your code crashed; the traceback below
-  the hint shows the line.
+  the hint shows the line (torch's own frames are left out).
+- Each test runs on several small BERTs (and layers): a test's first failure is shown in full,
+  and its other parametrisations in one line under it ("the same failure as above in ...").
+- An `einsum` that does not fit its tensors says so in your dimension names ("d_model has size
+  12 for operand 1 ..."), with each operand's names and shape.
 - The comparisons are in float64 to within 1e-10: "close" is not enough, the formula must be
   the same as HuggingFace's.
 
@@ -228,8 +233,12 @@ stand-ins for their sub-modules: call `self.ln(...)`, `self.attn(...)`, ... as t
 After every run, pytest prints a board: each component in data-flow order, pass or FAIL, and
 how many of its tests pass. Under it: the first failing component, its first hint, and the
 command to rerun just it. Tests of the whole model (loading weights, hooks, text input) run
-only once every component passes; until then each is skipped as "blocked by <component>"
-(`pytest -rs` lists them). With `pytest -k ...` the board shows only what ran.
+only once every component passes and no `forward` still raises NotImplementedError; until
+then each is skipped as "blocked by <component>" (`pytest -rs` lists them). With `pytest -k ...`
+or a test's name (`pytest test_hooked_bert.py::test_attention_qkv`) the board shows what ran and
+says how many tests of each component did not ("39 more not run"). When every component passes
+but a test of the whole model fails, the board names that test and its hint. Tests skipped for
+another reason (a package that is not installed) are listed with the reason.
 
 When the board says every component passes and pytest reports no failures, you are done.
 """
