@@ -124,14 +124,16 @@ class Config:
     use_attn_result: bool = False  # not BERT, a hook option: also compute each head's output
     initializer_range: float = 0.02  # std of the normal init of weight matrices and embeddings
     pad_token_id: Optional[int] = None  # this row of W_E gets no gradient (as in HuggingFace)
+    tie_word_embeddings: bool = False  # True: the unembedding is W_E itself (see Unembed)
 
     def __post_init__(self):
         check_config(self)  # each field in its range, or a clear error (part 2)
 
     @classmethod
-    def from_hf(cls, hf_config) -> "Config":
-        """The Config of a `transformers.BertConfig`; refuses what this file cannot reproduce."""
-        return config_from_hf(hf_config)
+    def from_hf(cls, hf_config, tie_word_embeddings: bool = False) -> "Config":
+        """The Config of a `transformers.BertConfig`; refuses what this file cannot reproduce.
+        HF's own tie_word_embeddings (True in BERT checkpoints) is not read: ask for it."""
+        return config_from_hf(hf_config, tie_word_embeddings)
 
 
 @functools.lru_cache(maxsize=None)
@@ -389,22 +391,31 @@ class BertMLMHead(nn.Module):
 
 
 class Unembed(nn.Module):
-    """The second half: map each position to a logit per vocabulary token.
+    """The second half: map each position to a logit per vocabulary token, x @ W_U + b_U.
 
-    HuggingFace ties W_U to W_E (W_U = W_E.T) in BERT checkpoints; here W_U is its own copy,
-    as in TransformerLens. The bias b_U is the MLM decoder's bias.
+    By default W_U is a parameter of its own, as in TransformerLens: you can edit it without
+    touching W_E. BERT's checkpoints tie it to the token embedding instead, W_U = W_E.T, one
+    matrix used twice; cfg.tie_word_embeddings=True does that (pass the Embed's W_E), and is
+    what trains like HuggingFace. The bias b_U is the MLM decoder's bias.
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, W_E: Optional[nn.Parameter] = None):
         super().__init__()
-        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        self.tied = cfg.tie_word_embeddings
+        if self.tied:
+            if W_E is None:
+                raise ValueError("Unembed with tie_word_embeddings=True needs the Embed's W_E")
+            self.W_E = W_E  # the very parameter of Embed, not a copy: [d_vocab, d_model]
+        else:
+            self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_out = HookPoint()  # [batch, pos, d_vocab]
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.hook_in(x)
-        logits = einsum("batch pos d_model, d_model d_vocab -> batch pos d_vocab", x, self.W_U)
+        W_U = self.W_E.T if self.tied else self.W_U  # [d_model, d_vocab]
+        logits = einsum("batch pos d_model, d_model d_vocab -> batch pos d_vocab", x, W_U)
         logits += self.b_U  # in place: the logits are by far the largest tensor, so don't copy them
         return self.hook_out(logits)
 
@@ -460,7 +471,7 @@ class HookedEncoder(nn.Module):
         self.hook_full_embed = HookPoint()  # [batch, pos, d_model], after the embedding LayerNorm
         self.blocks = nn.ModuleList([BertBlock(cfg) for _ in range(cfg.n_layers)])
         self.mlm_head = BertMLMHead(cfg)
-        self.unembed = Unembed(cfg)
+        self.unembed = Unembed(cfg, W_E=self.embed.embed.W_E)  # used only if tie_word_embeddings
         self.pooler = BertPooler(cfg)
         self.nsp_head = BertNSPHead(cfg)
         self.missing_heads: set[str] = set()  # heads the loaded checkpoint had no weights for
@@ -518,11 +529,11 @@ class HookedEncoder(nn.Module):
 
     # Weights in TransformerLens's layout. The stacked ones are new tensors, computed when read:
     # model.W_Q[l, h] is the W_Q of head h in layer l, [d_model, d_head], but to change it, change
-    # model.blocks[l].attn.W_Q.
+    # model.blocks[l].attn.W_Q. W_U is [d_model, d_vocab]; tied, it is W_E.T, a view of W_E.
     W_E = property(lambda self: self.embed.embed.W_E)  # [d_vocab, d_model]
     W_pos = property(lambda self: self.embed.pos_embed.W_pos)  # [n_ctx, d_model]
     W_E_pos = property(lambda self: torch.cat([self.W_E, self.W_pos]))  # [d_vocab + n_ctx, d_model]
-    W_U = property(lambda self: self.unembed.W_U)  # [d_model, d_vocab]
+    W_U = property(lambda self: self.unembed.W_E.T if self.unembed.tied else self.unembed.W_U)
     b_U = property(lambda self: self.unembed.b_U)  # [d_vocab]
     W_Q = property(lambda self: self._stack("attn", "W_Q"))  # [n_layers, n_heads, d_model, d_head]
     W_K = property(lambda self: self._stack("attn", "W_K"))  # [n_layers, n_heads, d_model, d_head]
@@ -585,11 +596,14 @@ class HookedEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, hf_model=None, tokenizer=None, device=None,
-                        dtype=torch.float32, torch_dtype=None, revision=None) -> "HookedEncoder":
+                        dtype=torch.float32, torch_dtype=None, revision=None,
+                        tie_word_embeddings=False) -> "HookedEncoder":
         """A HookedEncoder with the weights of a HuggingFace BERT: a hub name such as
-        "bert-base-uncased" or a local folder, or an `hf_model` already in memory (part 2)."""
+        "bert-base-uncased" or a local folder, or an `hf_model` already in memory (part 2).
+        tie_word_embeddings=True: W_U is W_E, as in HF's BERT (to train it like HF does)."""
         dtype = torch_dtype or dtype  # torch_dtype is TransformerLens's name for it
-        return load_pretrained(cls, name_or_path, hf_model, tokenizer, device, dtype, revision)
+        return load_pretrained(cls, name_or_path, hf_model, tokenizer, device, dtype, revision,
+                               tie_word_embeddings)
 
 
 # =============================================================================================
@@ -966,7 +980,7 @@ def predicted_tokens(model: HookedEncoder, tokens: Tensor, logits: Tensor) -> li
 # ---------------------------------------------------------------------------------------------
 
 
-def config_from_hf(hf_config) -> Config:
+def config_from_hf(hf_config, tie_word_embeddings: bool = False) -> Config:
     """Config.from_hf(): the Config of a transformers.BertConfig, or an error naming what this
     file does not implement."""
     get = lambda name, default=None: getattr(hf_config, name, default)
@@ -993,6 +1007,7 @@ def config_from_hf(hf_config) -> Config:
         hidden_dropout=hf_config.hidden_dropout_prob,
         attention_dropout=hf_config.attention_probs_dropout_prob,
         initializer_range=hf_config.initializer_range, pad_token_id=hf_config.pad_token_id,
+        tie_word_embeddings=tie_word_embeddings,
     )
 
 
@@ -1054,8 +1069,11 @@ def hf_weight_table(cfg: Config, hf_names) -> list[tuple[str, str, tuple, Callab
                         d_model, d_model)
         table += layer_norm("mlm_head.ln", "cls.predictions.transform")
         decoder_weight, decoder_bias = hf_decoder_names(hf_names)
-        table += [("unembed.W_U", decoder_weight, (cfg.d_vocab, d_model), transpose),
-                  ("unembed.b_U", decoder_bias, (cfg.d_vocab,), same)]
+        if cfg.tie_word_embeddings:  # W_E under its second name; it must equal the decoder
+            table.append(("unembed.W_E", decoder_weight, (cfg.d_vocab, d_model), same))
+        else:
+            table.append(("unembed.W_U", decoder_weight, (cfg.d_vocab, d_model), transpose))
+        table.append(("unembed.b_U", decoder_bias, (cfg.d_vocab,), same))
     return table
 
 
@@ -1098,6 +1116,12 @@ def convert_hf_state_dict(state_dict: dict[str, Tensor], cfg: Config) -> tuple[d
                             f"this config needs {shape}")
         else:
             ours[our_name] = reshape(hf[hf_name])
+    word_embeddings = ours.get("embed.embed.W_E")
+    if "unembed.W_E" in ours and word_embeddings is not None:  # tied: both names, one weight
+        if not torch.equal(ours["unembed.W_E"], word_embeddings):
+            problems.append(f"not tied: {hf_decoder_names(hf)[0]} differs from "
+                            "embeddings.word_embeddings.weight, so this checkpoint cannot load "
+                            "with tie_word_embeddings=True; load it untied")
     problems += [f"not finite (NaN or inf): {key}" for key, value in hf.items()
                  if value.is_floating_point() and not torch.isfinite(value).all()]
     unexpected = [f"unexpected: {key}" for key in hf if key not in used]
@@ -1118,21 +1142,24 @@ def load_state_dict_from_hf(model: HookedEncoder, state_dict: dict[str, Tensor])
     for name, value in model.state_dict().items():
         if name.split(".")[0] in missing_heads:
             converted[name] = value
+    if model.cfg.tie_word_embeddings:  # W_E's second name, even when the MLM head is missing
+        converted["unembed.W_E"] = converted["embed.embed.W_E"]
     model.load_state_dict(converted, strict=True)
     model.missing_heads = missing_heads
     return model
 
 
 def load_pretrained(cls, name_or_path: str, hf_model=None, tokenizer=None, device=None,
-                    dtype=torch.float32, revision=None) -> HookedEncoder:
+                    dtype=torch.float32, revision=None, tie_word_embeddings=False) -> HookedEncoder:
     """HookedEncoder.from_pretrained(). With hf_model given, converts that model and touches
     neither the hub nor the disk (pass tokenizer= for text input); revision= picks a hub branch
     or commit. A local folder without tokenizer files loads without a tokenizer (README)."""
     if hf_model is not None:
-        cfg, state_dict = Config.from_hf(hf_model.config), hf_model.state_dict()
+        cfg = Config.from_hf(hf_model.config, tie_word_embeddings)
+        state_dict = hf_model.state_dict()
     else:
         # The config first, so that a non-BERT checkpoint is refused before its weights are read.
-        cfg = Config.from_hf(read_hf_config(name_or_path, revision))
+        cfg = Config.from_hf(read_hf_config(name_or_path, revision), tie_word_embeddings)
         state_dict = read_hf_weights(name_or_path, revision)
         if tokenizer is None:
             tokenizer = read_hf_tokenizer(name_or_path, revision)

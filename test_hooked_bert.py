@@ -1031,6 +1031,72 @@ def test_config_rejects_bad_values():
                   act_fn="tanh")
 
 
+# --- Training like HuggingFace: tied embeddings ----------------------------------------------
+
+def test_tied_model_trains_like_hf_bert_for_masked_lm():
+    """Ours tied and BertForMaskedLM, from the same weights, trained side by side: float64,
+    dropout off, AdamW for 12 steps on the same batches. Every weight must stay equal."""
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    hf = random_hf_model({**SMALL, **no_dropout}, BertForMaskedLM).train()
+    model = hb.HookedEncoder.from_pretrained("random", hf_model=hf, dtype=torch.float64,
+                                             tie_word_embeddings=True).train()
+    optimizers = [torch.optim.AdamW(net.parameters(), lr=1e-3) for net in (hf, model)]
+    start = model.W_E.detach().clone()
+    for step in range(12):
+        tokens, token_type_ids, mask = example_inputs(SMALL, seed=step)
+        scored = (torch.rand(tokens.shape, generator=torch.Generator().manual_seed(step)) < 0.3)
+        labels = torch.where(scored & (mask == 1), tokens, -100)
+        losses = [run_hf(hf, tokens, token_type_ids, mask, labels).loss,
+                  model(tokens, "loss", token_type_ids, mask, labels=labels)]
+        for loss, optimizer in zip(losses, optimizers):
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    expected, _ = hb.convert_hf_state_dict(hf.state_dict(), model.cfg)  # HF's weights, our names
+    ours = model.state_dict()
+    heads_hf_lacks = {name for name in ours if name.split(".")[0] in model.missing_heads}
+    assert set(ours) - heads_hf_lacks == set(expected)  # every weight HF has, W_E twice
+    assert (model.W_E - start).abs().max() > 1e-3, "training must move the weights"
+    for name, weight in expected.items():
+        check(ours[name], weight, f"After 12 AdamW steps, {name} left HuggingFace's "
+              "trajectory", atol=1e-9)
+
+
+def test_w_u_is_its_own_parameter_unless_tied():
+    hf = random_hf_model(SMALL, BertForMaskedLM)
+    untied = hb.HookedEncoder.from_pretrained("random", hf_model=hf, dtype=torch.float64)
+    tied = hb.HookedEncoder.from_pretrained("random", hf_model=hf, dtype=torch.float64,
+                                            tie_word_embeddings=True)
+    tokens, token_type_ids, mask = example_inputs(SMALL)
+    with torch.no_grad():
+        check(tied(tokens, "logits", token_type_ids, mask),
+              untied(tokens, "logits", token_type_ids, mask), "Tied and untied load the same BERT")
+        untied.W_U[0, 0] += 1.0
+        tied.W_U[0, 0] += 1.0  # a view of W_E: this edits W_E[0, 0]
+    assert not torch.equal(untied.W_U, untied.W_E.T), "by default W_U is a copy apart from W_E"
+    assert torch.equal(tied.W_U, tied.W_E.T) and tied.W_E[0, 0] == untied.W_E[0, 0] + 1.0
+    n_untied, n_tied = (sum(p.numel() for p in net.parameters()) for net in (untied, tied))
+    assert n_untied - n_tied == SMALL["vocab_size"] * SMALL["hidden_size"], "tied: one matrix"
+    assert untied.W_U.shape == tied.W_U.shape == (SMALL["hidden_size"], SMALL["vocab_size"])
+    built = hb.HookedEncoder(dict(d_vocab=10, n_ctx=8, d_model=8, n_heads=2, d_head=4, d_mlp=16,
+                                  n_layers=1))
+    assert "unembed.W_U" in dict(built.named_parameters()), "a Config's default: W_U of its own"
+    encoder_only = hf.bert  # no MLM head: the tie still holds, to the loaded W_E
+    tied = hb.HookedEncoder.from_pretrained("random", hf_model=encoder_only,
+                                            tie_word_embeddings=True)
+    assert tied.unembed.W_E is tied.W_E
+    assert torch.equal(tied.W_E, encoder_only.embeddings.word_embeddings.weight.float())
+
+
+def test_a_tied_model_refuses_an_untied_checkpoint():
+    hf = random_hf_model({**SMALL, "tie_word_embeddings": False}, BertForMaskedLM)
+    message = ("not tied: cls.predictions.decoder.weight differs from "
+               "embeddings.word_embeddings.weight")
+    with pytest.raises(ValueError, match=message):
+        hb.HookedEncoder.from_pretrained("random", hf_model=hf, tie_word_embeddings=True)
+    hb.HookedEncoder.from_pretrained("random", hf_model=hf)  # untied, it loads
+
+
 # --- Hooks and the activation cache ----------------------------------------------------------
 
 # Every hook point, in the order it fires, with its shape (TransformerLens's HookedEncoder names).
