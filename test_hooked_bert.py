@@ -1852,16 +1852,33 @@ def test_import_and_run_without_transformers():
 # --- tutorial.md runs, and still prints what it shows ----------------------------------------
 
 
-def test_tutorial_runs_and_prints_what_it_shows(minilm_path, tmp_path):
-    here = os.path.dirname(os.path.abspath(__file__))
-    if not os.path.exists(os.path.join(here, "scripts", "run_tutorial.py")):
+def run_tutorial_module():
+    """scripts/run_tutorial.py, imported (skips where the tutorial is not in this folder)."""
+    scripts = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+    if not os.path.exists(os.path.join(scripts, "run_tutorial.py")):
         pytest.skip("tutorial.md and scripts/run_tutorial.py are not in this folder")
-    pytest.importorskip("matplotlib", reason="the tutorial draws a figure: pip install matplotlib")
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
+    sys.path.insert(0, scripts)
     try:
-        from run_tutorial import check_tutorial
+        import run_tutorial
     finally:
         sys.path.pop(0)
-    problems = check_tutorial(tmp_path)
-    assert not problems, "tutorial.md no longer prints what it shows:\n\n" + "\n\n".join(problems)
-    assert (tmp_path / "tutorial_attention.png").exists()
+    return run_tutorial
+
+
+def test_tutorial_runs_and_prints_what_it_shows(minilm_path, tmp_path):
+    run_tutorial = run_tutorial_module()
+    pytest.importorskip("matplotlib", reason="the tutorial draws figures: pip install matplotlib")
+    problems = run_tutorial.check_tutorial(tmp_path)
+    assert not problems, "tutorial.md no longer prints or says what it shows:\n\n" + "\n\n".join(problems)
+    assert (tmp_path / "tutorial_attention.png").exists() and (tmp_path / "tutorial_training.png").exists()
+
+
+def test_notebook_has_the_tutorials_code():
+    run_tutorial = run_tutorial_module()
+    if not run_tutorial.NOTEBOOK.exists():
+        pytest.skip("no tutorial.ipynb in this folder")
+    in_notebook = run_tutorial.notebook_code_cells()
+    in_tutorial = run_tutorial.tutorial_code_blocks(run_tutorial.TUTORIAL.read_text())
+    assert in_notebook == in_tutorial, (
+        "tutorial.ipynb's code cells are not tutorial.md's python blocks: regenerate it with "
+        "`python scripts/run_tutorial.py --notebook`")
