@@ -33,7 +33,7 @@ import re
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Optional
 
 import torch
@@ -80,6 +80,9 @@ class HookPoint(nn.Module):
             self.fwd_hooks.clear()
         if dir in ("bwd", "both"):
             self.bwd_hooks.clear()
+
+    def __getstate__(self):  # a copy (copy.deepcopy, pickle) starts without hooks
+        return {**super().__getstate__(), "fwd_hooks": [], "bwd_hooks": []}
 
     def forward(self, x: Tensor) -> Tensor:
         for fn in self.fwd_hooks:
@@ -475,7 +478,7 @@ class HookedEncoder(nn.Module):
         self.unembed = Unembed(cfg, W_E=self.embed.embed.W_E)  # used only if tie_word_embeddings
         self.pooler = BertPooler(cfg)
         self.nsp_head = BertNSPHead(cfg)
-        self.missing_heads: set[str] = set()  # heads the loaded checkpoint had no weights for
+        self.missing_heads = missing_heads_kept_in_state_dict(self)  # heads with no loaded weights
         self.hook_dict = name_hook_points(self)  # {"blocks.0.attn.hook_z": that HookPoint, ...}
         self.init_weights()
 
@@ -697,9 +700,9 @@ def attach_hooks(model: HookedEncoder, fwd_hooks=(), bwd_hooks=(), reset_hooks_e
     try:
         for dir, hook_list in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
             for pair in hook_list:
-                if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and callable(pair[1])):
                     raise TypeError(f"{dir}_hooks must be a list of (name or filter, function) "
-                                    f"pairs; got {pair!r}")
+                                    f"pairs; got {pair!r} (a hook must be a function, second)")
                 for point in select_hook_points(model, pair[0]):
                     point.add_hook(pair[1], dir)
                     added.append((point, pair[1], dir))
@@ -727,6 +730,9 @@ def cache_activations(model: HookedEncoder, model_args, model_kwargs, names_filt
     snapshot = any(point.fwd_hooks or point.bwd_hooks for point in model.hook_dict.values())
 
     def save(tensor, hook, suffix=""):
+        if hook.name + suffix in cache:  # each hook runs once per run
+            raise RuntimeError(f"{hook.name} ran twice in one run_with_cache: did a hook run the "
+                               "model again? The cache would mix two runs; run it outside")
         if remove_batch_dim:
             if tensor.shape[0] != 1:
                 raise ValueError("remove_batch_dim=True needs a batch of one, "
@@ -740,6 +746,10 @@ def cache_activations(model: HookedEncoder, model_args, model_kwargs, names_filt
 
     fwd_hooks = [(point.name, save) for point in points]
     bwd_hooks = [(point.name, save_grad) for point in points] if incl_bwd else []
+    # incl_bwd: every weight, even a frozen one, requires grad for this run; .grad is put back.
+    weights = [(param, param.grad, param.requires_grad) for param in model.parameters()]
+    if incl_bwd:
+        model.requires_grad_(True)
     try:
         with model.hooks(fwd_hooks, bwd_hooks):
             output = model(*model_args, **model_kwargs)
@@ -759,6 +769,9 @@ def cache_activations(model: HookedEncoder, model_args, model_kwargs, names_filt
             f"({saved_gb:.2f} GB; all would need roughly {needed_gb:.1f} GB). Save only what you "
             "need with names_filter=, or keep the cache elsewhere with device="
         ) from error
+    finally:
+        for param, grad, requires_grad in weights:
+            param.grad, param.requires_grad = grad, requires_grad
     return output, ActivationCache(cache, model.cfg.n_layers)
 
 
@@ -808,7 +821,7 @@ class ActivationCache(dict):
             key = get_act_name(key)
         if key not in self:
             raise unknown_name_error(key, self, f"this cache (asked for {asked!r}; names_filter "
-                                     "chose what to save)")
+                                     "chose what to save; no gradient if the output ignores it)")
         return super().__getitem__(key)
 
     @property
@@ -851,7 +864,7 @@ def as_config(cfg) -> Config:
     """A Config, from a Config, a dict of its fields, or an object that has them (such as
     TransformerLens's HookedTransformerConfig, whose other fields are ignored)."""
     if isinstance(cfg, Config):
-        return cfg
+        return replace(cfg)  # a copy: two models built from one Config must not share it
     if all(hasattr(cfg, name) for name in ("d_vocab", "n_ctx", "d_model", "n_layers")):
         cfg = {f.name: getattr(cfg, f.name) for f in fields(Config) if hasattr(cfg, f.name)}
     if isinstance(cfg, dict):
@@ -884,6 +897,8 @@ def prepare_input(model: HookedEncoder, input, return_type, token_type_ids, mask
                              "return_type whose head was loaded")
     if return_type == "loss":
         labels = check_labels(model, labels, input)
+    elif labels is not None:
+        raise ValueError(f"labels= needs return_type='loss' (for the loss), got {return_type!r}")
     if return_type == "predictions":
         if model.tokenizer is None or model.tokenizer.mask_token_id is None:
             raise ValueError("return_type='predictions' needs a tokenizer with a [MASK] token")
@@ -956,17 +971,20 @@ def check_labels(model: HookedEncoder, labels, tokens) -> Tensor:
 def tokenize(model: HookedEncoder, input, move_to_device: bool = True, truncate: bool = True):
     """Tokenize a string, a list of strings, a (sentence A, sentence B) pair or a list of pairs.
     Returns (tokens, token_type_ids, attention_mask), each [batch, pos]."""
-    if model.tokenizer is None:
-        raise ValueError("text input needs a tokenizer: pass tokenizer= to HookedEncoder (or use "
-                         "HookedEncoder.from_pretrained), or pass token ids [batch, pos] instead")
     is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and all(isinstance(s, str) for s in x)
     if isinstance(input, str) or is_pair(input):
         input = [input]
-    if not (isinstance(input, list) and input and (all(isinstance(s, str) for s in input)
-                                                   or all(is_pair(p) for p in input))):
+    is_text = isinstance(input, list) and input and (all(isinstance(s, str) for s in input)
+                                                     or all(is_pair(p) for p in input))
+    if model.tokenizer is None:
+        raise ValueError("text input needs a tokenizer: pass tokenizer= to HookedEncoder (or use "
+                         "HookedEncoder.from_pretrained), or pass token ids [batch, pos] instead"
+                         if is_text else f"token ids must be a tensor, got a {type(input).__name__}"
+                         ": pass torch.tensor(ids) (text input needs a tokenizer; there is none)")
+    if not is_text:
         raise TypeError("input must be a string, a non-empty list of strings, a (sentence A, "
-                        "sentence B) pair, a list of such pairs, or token ids [batch, pos]; "
-                        f"got {type(input).__name__}")
+                        "sentence B) pair, a list of such pairs, or token ids [batch, pos] as a "
+                        f"tensor (torch.tensor(ids)); got {type(input).__name__}")
     first = [text if isinstance(text, str) else text[0] for text in input]
     second = None if isinstance(input[0], str) else [pair[1] for pair in input]
     max_length = model.cfg.n_ctx if truncate else None
@@ -1114,8 +1132,11 @@ def convert_hf_state_dict(state_dict: dict[str, Tensor], cfg: Config) -> tuple[d
         key = key.replace("LayerNorm.beta", "LayerNorm.bias")
         hf[key] = value
     if "embeddings.word_embeddings.weight" not in hf:
-        raise ValueError("not a BERT state dict: no embeddings.word_embeddings.weight among "
-                         f"{list(state_dict)[:5]}...")
+        raise ValueError("a HookedEncoder's state dict (model.state_dict()): load it with model."
+                         "load_state_dict()" if "embed.embed.W_E" in hf else "not a BERT state "
+                         f"dict: no embeddings.word_embeddings.weight among {list(hf)[:5]}...")
+    if any(value.is_meta for value in hf.values()):
+        raise ValueError("the state dict is on the meta device (shapes, no values): pass weights")
     for buffer in ("embeddings.position_ids", "embeddings.token_type_ids"):
         hf.pop(buffer, None)  # constant buffers older checkpoints stored; not weights
 
@@ -1148,6 +1169,24 @@ def convert_hf_state_dict(state_dict: dict[str, Tensor], cfg: Config) -> tuple[d
     return ours, {head for head, key in HF_HEADS.items() if key not in hf}
 
 
+def missing_heads_kept_in_state_dict(model: HookedEncoder) -> set[str]:
+    """An empty model.missing_heads, which state_dict() saves (a flag per head of HF_HEADS) and
+    load_state_dict() restores: saved without a head, a model must not return with a random one."""
+    model.register_state_dict_post_hook(save_missing_heads)
+    model.register_load_state_dict_pre_hook(load_missing_heads)
+    return set()
+
+
+def save_missing_heads(model, state_dict, prefix, local_metadata):
+    flags = [head in model.missing_heads for head in HF_HEADS]
+    state_dict[prefix + "missing_heads"] = torch.tensor(flags)
+
+
+def load_missing_heads(model, state_dict, prefix, *args):
+    flags = state_dict.pop(prefix + "missing_heads", torch.zeros(len(HF_HEADS)))  # absent: none
+    model.missing_heads = {head for head, missing in zip(HF_HEADS, flags.tolist()) if missing}
+
+
 def load_state_dict_from_hf(model: HookedEncoder, state_dict: dict[str, Tensor]) -> HookedEncoder:
     """model.load_hf_state_dict(): the weights of a BertForMaskedLM, BertForPreTraining,
     BertForNextSentencePrediction or BertModel. Heads the state dict lacks keep their random
@@ -1163,22 +1202,27 @@ def load_state_dict_from_hf(model: HookedEncoder, state_dict: dict[str, Tensor])
     return model
 
 
-def load_pretrained(cls, name_or_path: str, hf_model=None, tokenizer=None, device=None,
+def load_pretrained(cls, name_or_path, hf_model=None, tokenizer=None, device=None,
                     dtype=torch.float32, revision=None, tie_word_embeddings=False) -> HookedEncoder:
-    """HookedEncoder.from_pretrained(). With hf_model given, converts that model and touches
-    neither the hub nor the disk (pass tokenizer= for text input); revision= picks a hub branch
-    or commit. A local folder without tokenizer files loads without a tokenizer (README)."""
-    if hf_model is not None:
-        cfg = Config.from_hf(hf_model.config, tie_word_embeddings)
-        state_dict = hf_model.state_dict()
-    else:
-        # The config first, so that a non-BERT checkpoint is refused before its weights are read.
-        cfg = Config.from_hf(read_hf_config(name_or_path, revision), tie_word_embeddings)
-        state_dict = read_hf_weights(name_or_path, revision)
-        if tokenizer is None:
-            tokenizer = read_hf_tokenizer(name_or_path, revision)
+    """HookedEncoder.from_pretrained(). name_or_path: a str or a pathlib.Path; dtype: a torch dtype,
+    its name ("float16") or "auto" (the checkpoint's). With hf_model given, converts that model
+    and touches neither the hub nor the disk (pass tokenizer= for text input). README has more."""
+    name_or_path = os.path.expanduser(os.fspath(name_or_path))
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but torch finds no GPU: leave device= out (CPU)")
+    # The config first: a non-BERT checkpoint or a bad dtype is refused before the weights are read.
+    hf_config = hf_model.config if hf_model is not None else read_hf_config(name_or_path, revision)
+    cfg = Config.from_hf(hf_config, tie_word_embeddings)
+    if dtype == "auto":  # as in HuggingFace: the dtype the checkpoint's config names
+        dtype = getattr(hf_config, "dtype", None) or torch.float32
+    named = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not (isinstance(named, torch.dtype) and named.is_floating_point):
+        raise ValueError(f"dtype must be e.g. torch.float16, 'float16' or 'auto', got {dtype!r}")
+    state_dict = hf_model.state_dict() if hf_model else read_hf_weights(name_or_path, revision)
+    if hf_model is None and tokenizer is None:
+        tokenizer = read_hf_tokenizer(name_or_path, revision)
     model = cls(cfg, tokenizer=tokenizer).load_hf_state_dict(state_dict)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=named).eval()
 
 
 def read_hf_config(name_or_path: str, revision=None):
