@@ -1053,7 +1053,7 @@ def test_tied_model_trains_like_hf_bert_for_masked_lm():
             optimizer.step()
             optimizer.zero_grad()
     expected, _ = hb.convert_hf_state_dict(hf.state_dict(), model.cfg)  # HF's weights, our names
-    ours = model.state_dict()
+    ours = {name: p.detach() for name, p in model.named_parameters(remove_duplicate=False)}
     heads_hf_lacks = {name for name in ours if name.split(".")[0] in model.missing_heads}
     assert set(ours) - heads_hf_lacks == set(expected)  # every weight HF has, W_E twice
     assert (model.W_E - start).abs().max() > 1e-3, "training must move the weights"
