@@ -21,8 +21,10 @@ Run one component: pytest -k test_attention, pytest -k test_layer_norm, ...; one
 pytest -k attention_scores. (EXERCISES below, and the board, list them all.)
 """
 
+import copy
 import json
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never download
 
@@ -30,6 +32,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from transformers import (BertConfig, BertForMaskedLM, BertForNextSentencePrediction,
@@ -1796,6 +1799,159 @@ def test_transformer_lens_spellings(saved):
         resid = model.embed(tokens)
         check(model.blocks[0](resid), model.blocks[0](resid, torch.zeros_like(tokens).bool()),
               "BertBlock: no padding mask by default")
+
+
+# --- No silent wrong answers: paths, frozen weights, round trips, hook pairs, configs --------
+
+
+def test_from_pretrained_takes_a_path_object_and_expands_the_home_folder(saved, monkeypatch):
+    _, folder, expected = saved
+    model = hb.HookedEncoder.from_pretrained(folder, dtype=torch.float64,  # a pathlib.Path
+                                             tokenizer="unused")
+    check(logits_of(model), expected, "from_pretrained(pathlib.Path)")
+    monkeypatch.setenv("HOME", str(folder.parent))
+    model = hb.HookedEncoder.from_pretrained(f"~/{folder.name}", dtype=torch.float64,
+                                             tokenizer="unused")
+    check(logits_of(model), expected, "from_pretrained('~/...')")
+
+
+@pytest.mark.parametrize("dtype, expected", [("float16", torch.float16),
+                                             ("torch.float64", torch.float64),
+                                             ("auto", torch.float64)])
+def test_from_pretrained_takes_dtype_names_and_auto(saved, tmp_path, dtype, expected):
+    hf = random_hf_model(SMALL, BertForMaskedLM)  # float64: its config says so
+    hf.save_pretrained(tmp_path)
+    model = hb.HookedEncoder.from_pretrained(tmp_path, torch_dtype=dtype, tokenizer="unused")
+    assert model.W_E.dtype == expected and model.W_U.dtype == expected
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dtype="int8"), "dtype must be e.g. torch.float16, 'float16' or 'auto', got 'int8'"),
+    (dict(dtype="floatt16"), "dtype must be e.g. torch.float16"),
+    (dict(device="cuda"), "device='cuda', but torch finds no GPU"),
+])
+def test_from_pretrained_refuses_a_bad_dtype_or_device_before_reading(saved, kwargs, message,
+                                                                      monkeypatch):
+    if "device" in kwargs and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    _, folder, _ = saved
+    monkeypatch.setattr(hb, "read_hf_weights", lambda *args: pytest.fail("read the weights"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        hb.HookedEncoder.from_pretrained(folder, **kwargs)
+
+
+@pytest.mark.parametrize("frozen", ["embed", "everything"])
+def test_incl_bwd_gives_every_gradient_with_frozen_weights_and_leaves_grad_alone(small, frozen):
+    model, _, (tokens, token_type_ids, mask) = small
+    model = copy.deepcopy(model)
+    args = (tokens, "loss", token_type_ids, mask)
+    kwargs = dict(labels=tokens, incl_bwd=True)
+    _, unfrozen = model.run_with_cache(*args, **kwargs)
+    (model.embed if frozen == "embed" else model).requires_grad_(False)
+    model.blocks[0].attn.W_Q.grad = kept = torch.ones_like(model.blocks[0].attn.W_Q)
+    _, cache = model.run_with_cache(*args, **kwargs)
+    assert set(cache) == set(unfrozen), f"gradients left out: {sorted(set(unfrozen) - set(cache))}"
+    for name in unfrozen:
+        check(cache[name], unfrozen[name], f"frozen {frozen}: {name}")
+    assert model.blocks[0].attn.W_Q.grad is kept, "a .grad set before must be put back"
+    assert all(param.grad is None for name, param in model.named_parameters()
+               if name != "blocks.0.attn.W_Q"), "incl_bwd must leave no .grad for an optimizer"
+    assert [name for name, param in model.named_parameters() if param.requires_grad] == (
+        [] if frozen == "everything" else [n for n, _ in model.named_parameters()
+                                           if not n.startswith("embed.")])
+
+
+def test_a_saved_model_without_a_head_comes_back_without_it(tmp_path):
+    hf = random_hf_model(SMALL, BertModel)  # no masked-LM head
+    model = hb.HookedEncoder.from_pretrained("random", hf_model=hf, dtype=torch.float64)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    again = hb.HookedEncoder(model.cfg).to(torch.float64).eval()
+    again.load_state_dict(torch.load(tmp_path / "model.pt"))
+    assert again.missing_heads == model.missing_heads == {"mlm_head", "unembed", "nsp_head"}
+    tokens = example_inputs(SMALL)[0]
+    with pytest.raises(ValueError, match="needs the mlm_head, but the loaded checkpoint has no"):
+        again(tokens)
+    check(again.encoder_output(tokens), model.encoder_output(tokens), "the round trip's encoder")
+    complete = hb.HookedEncoder(model.cfg)
+    complete.load_state_dict({k: v for k, v in complete.state_dict().items()
+                              if k != "missing_heads"})  # a state dict saved without the flags
+    assert complete.missing_heads == set()
+
+
+def test_load_hf_state_dict_given_our_own_state_dict_points_at_load_state_dict(small):
+    model, _, _ = small
+    with pytest.raises(ValueError, match=r"a HookedEncoder's state dict .*load_state_dict\(\)"):
+        hb.HookedEncoder(model.cfg).load_hf_state_dict(model.state_dict())
+
+
+def test_a_state_dict_on_the_meta_device_is_refused(small):
+    _, hf, _ = small
+    meta = {name: torch.empty_like(value, device="meta") for name, value in hf.state_dict().items()}
+    with pytest.raises(ValueError, match="on the meta device"):
+        hb.HookedEncoder(hb.Config.from_hf(hf.config)).load_hf_state_dict(meta)
+
+
+def ablate(tensor, hook=None):
+    return torch.zeros_like(tensor)
+
+
+def ablate_hook_required(tensor, hook):
+    return torch.zeros_like(tensor)
+
+
+@pytest.mark.parametrize("function", [ablate, ablate_hook_required])
+def test_a_hook_pair_the_wrong_way_round_is_an_error(small, function):
+    model, _, (tokens, _, _) = small
+    with pytest.raises(TypeError, match=r"\(name or filter, function\) pairs.*a hook must be a "
+                                        r"function, second"):
+        model.run_with_hooks(tokens, fwd_hooks=[(function, "blocks.0.hook_resid_pre")])
+    assert no_hooks_left(model)
+
+
+def test_a_hook_that_runs_the_model_again_is_refused_and_leaves_it_clean(small):
+    model, _, (tokens, _, _) = small
+    inside = []
+
+    def run_again(tensor, hook):
+        if not inside:
+            inside.append(True)
+            model(tokens)
+
+    with pytest.raises(RuntimeError, match="ran twice in one run_with_cache: did a hook run the"):
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", run_again)]):
+            model.run_with_cache(tokens)
+    assert no_hooks_left(model)
+    check(model(tokens), small[0](tokens), "after the refused run")
+
+
+def test_models_built_from_one_config_do_not_share_it():
+    cfg = hb.Config.from_hf(BertConfig(**SMALL))
+    a, b = hb.HookedEncoder(cfg), hb.HookedEncoder(cfg)
+    b.cfg.use_attn_result = True
+    assert not a.cfg.use_attn_result and not cfg.use_attn_result
+
+
+def test_labels_without_return_type_loss_are_an_error(small):
+    model, _, (tokens, _, _) = small
+    with pytest.raises(ValueError, match=r"labels= needs return_type='loss'.*got 'logits'"):
+        model(tokens, labels=tokens)
+
+
+@pytest.mark.parametrize("ids", [[[1, 2, 3]], np.array([[1, 2, 3]])], ids=["list", "numpy"])
+def test_token_ids_that_are_not_a_tensor_get_told_so(small, ids):
+    model, _, _ = small
+    with pytest.raises(ValueError, match=r"token ids must be a tensor, got a (list|ndarray): "
+                                         r"pass torch.tensor\(ids\)"):
+        model(ids)
+
+
+def test_a_deep_copy_made_inside_a_hooks_block_has_no_hooks(small):
+    model, _, (tokens, _, _) = small
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", ablate)]):
+        twin = copy.deepcopy(model)
+    assert no_hooks_left(model) and no_hooks_left(twin)
+    check(twin(tokens), model(tokens), "a deep copy made inside hooks(): no ablation left on it")
+
 
 
 # --- The board and the messages: einsum and hook errors in the student's names ---------------
