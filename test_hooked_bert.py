@@ -692,7 +692,7 @@ def add_hint(error, hint, component, stop_at=None):
     else:
         diagnosis = f"{where} raised {type(error).__name__}: {error}"
         error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]
-    error.hint = f"{hint}\n\n{diagnosis}"
+    error.hint = f"{diagnosis}\n\n{hint}"  # what went wrong first: the board shows it first
     return error
 
 
@@ -737,8 +737,8 @@ def reached(seen, class_name, hook, hint):
     """What reached `hook`, or a failure that says which hook call is missing."""
     __tracebackhide__ = True
     if hook not in seen:
-        raise AssertionError(f"{hint}\n\n{class_name}.forward never called self.{hook}(...): "
-                             f"pass it {HOOK_WHAT[hook]}, and go on with what it returns")
+        raise AssertionError(f"{class_name}.forward never called self.{hook}(...): pass it "
+                             f"{HOOK_WHAT[hook]}, and go on with what it returns\n\n{hint}")
     return seen[hook]
 
 
@@ -808,7 +808,8 @@ def distance(actual, made):
     if not isinstance(made, torch.Tensor) or actual.shape != made.shape:
         return float("inf")
     a, b = as_masked(actual.to(made.dtype)), as_masked(made)
-    return torch.where(a == b, 0.0, (a - b).abs()).nan_to_num(nan=float("inf")).max().item()
+    same = (a == b) | (a.isnan() & b.isnan())
+    return torch.where(same, 0.0, (a - b).abs()).nan_to_num(nan=float("inf")).max().item()
 
 
 def tolerance(expected, atol):
@@ -877,7 +878,7 @@ def signature(a, e, c):
     """The first structural signature that fits; c: noun, dims, inputs g, tolerance."""
     c.names = list(c.dims) if len(c.dims) == e.ndim else [f"dim {i}" for i in range(e.ndim)]
     for test in (random_between_calls, wrong_shape, wrong_dtype, non_finite, an_input,
-                 only_somewhere, constant_factor, constant_offset, swapped_dims, permuted,
+                 only_somewhere, swapped_dims, permuted, constant_factor, constant_offset,
                  normalised_elsewhere):
         sentence = test(a, e, c)
         if sentence:
@@ -1059,9 +1060,10 @@ def order_in_words(order):
     n = len(order)
     if order == list(range(n))[::-1]:
         return "reversed"
-    for shift in range(1, n):
-        if order == [(i + shift) % n for i in range(n)]:
-            return f"rolled by {shift}: your i is the reference's i + {shift}"
+    for shift in range(1, n):  # torch.roll(reference, shift) along that dim
+        if order == [(i - shift) % n for i in range(n)]:
+            shift = shift - n if shift > n / 2 else shift
+            return f"rolled by {shift}: yours at i is the reference's at i - {shift}"
     return f"yours 0..{n - 1} are the reference's {order}"
 
 
@@ -2412,6 +2414,81 @@ def test_a_hook_of_the_wrong_shape_on_a_standalone_component_names_the_hook():
         attn(torch.zeros(2, 5, 16))
     assert str(error.value) == ("a forward hook on hook_q returned shape (2, 2, 5, 8), where "
                                 "hook_q has shape (2, 5, 2, 8): return None or a tensor of that shape")
+
+
+# --- The diagnosis: hand-made wrong tensors get the right sentence ---------------------------
+
+
+def diagnosis_of(actual, expected, step, given):
+    """The first paragraph of check()'s failure for `actual`, or None if check passes."""
+    try:
+        check(actual, expected, "THE HINT", step=step, given=given)
+    except AssertionError as error:
+        return str(error).split("\n\n")[0]
+    return None
+
+
+@small_only
+def test_diagnosis_names_the_shape_of_a_difference(ref):
+    """Structural signatures, on steps whose catalogue has no such mistake (cfg: d_head 12)."""
+    g = attention_inputs(ref, 0)
+    z, pattern, scores, out = g["z"], g["pattern"], g["scores"], ref.outputs[
+        "bert.encoder.layer.0.attention.output.dense"]
+    padded_keys = ref.key_is_padding[:, None, None, :].expand_as(scores)
+    cases = [
+        (z * 12 ** 0.5, "attention_z", "Attention z: your z is the reference times sqrt(d_head)"),
+        (z / 3, "attention_z", "divided by 3"),
+        (z.transpose(1, 2), "attention_z", "laid out [batch, head_index, pos, d_head]; expected "
+                                           "[batch, pos, head_index, d_head] = (3, 11, 4, 12)"),
+        (z.roll(1, dims=2), "attention_z", "head_index entries in another order (rolled by 1"),
+        (pattern.transpose(2, 3), "attention_pattern", "with query_pos and key_pos swapped"),
+        (scores.masked_fill(padded_keys, -1e9), "attention_scores",
+         "differs from the reference only at padded key positions (you: -1e+09"),
+        (out + g["b_O"], "attention_out", "off by exactly b_O: you add b_O twice"),
+        (pattern.softmax(0), "attention_pattern", "sums to 1 over batch"),
+        (torch.where(padded_keys, float("nan"), pattern), "attention_pattern",
+         "has NaN only at padded key positions"),
+        (z.float(), "attention_z", "dtype torch.float32"),
+        (g["v"].clone(), "attention_z", "your z is v, unchanged"),
+    ]
+    for wrong, step, says in cases:
+        assert says in (diagnosis_of(wrong, {"attention_z": z, "attention_pattern": pattern,
+                                             "attention_scores": scores,
+                                             "attention_out": out}[step], step, g) or "")
+    assert diagnosis_of(z.clone(), z, "attention_z", g) is None, "a right tensor: no failure"
+    noise = z + torch.randn_like(z)
+    assert diagnosis_of(noise, z, "attention_z", g) == "THE HINT", "nothing fits: the hint first"
+
+
+@small_only
+def test_diagnosis_names_catalogued_mistakes_and_tells_similar_ones_apart(ref):
+    g = attention_inputs(ref, 0)
+    cases = [
+        (scores_like(SimpleNamespace(**g), divide_by=48 ** 0.5), "q . k / sqrt(d_model)"),
+        (scores_like(SimpleNamespace(**g), divide_by=12 ** -0.5), "q . k * sqrt(d_head)"),
+        (scores_like(SimpleNamespace(**g), divide_by=1), "with no scaling"),  # or after the softmax
+        (scores_like(SimpleNamespace(**g), swap=True), "k . q (q and k swapped"),
+        (scores_like(SimpleNamespace(**g), mask="queries"), "mask the padded queries"),
+    ]
+    for wrong, says in cases:
+        diagnosis = diagnosis_of(wrong, g["scores"], "attention_scores", g)
+        assert diagnosis.startswith("Attention scores: your scores") and says in diagnosis, diagnosis
+        assert "swapped" not in diagnosis or "k . q" in says, diagnosis
+
+
+def test_diagnosis_names_randomness_left_on_in_eval():
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hook_x = hb.HookPoint()
+
+        def forward(self, x):
+            return self.hook_x(torch.nn.functional.dropout(x, 0.5))  # training=True by default
+
+    x = torch.ones(2, 5, 8, dtype=torch.float64)
+    seen = run_until(Noisy().eval(), (x,), "hook_x", "THE HINT")
+    assert "changes between two calls in eval() mode" in diagnosis_of(seen["hook_x"], x,
+                                                                      "embed", {})
 
 
 # --- Self-contained: importing needs only torch ----------------------------------------------
