@@ -877,6 +877,8 @@ def best_candidate(actual, step, g, tol):
 def signature(a, e, c):
     """The first structural signature that fits; c: noun, dims, inputs g, tolerance."""
     c.names = list(c.dims) if len(c.dims) == e.ndim else [f"dim {i}" for i in range(e.ndim)]
+    plural = c.noun.endswith("s")  # "your scores are", "your pattern is"
+    c.is_, c.has, c.s = ("are", "have", "") if plural else ("is", "has", "s")
     for test in (random_between_calls, wrong_shape, wrong_dtype, non_finite, an_input,
                  only_somewhere, swapped_dims, permuted, constant_factor, constant_offset,
                  normalised_elsewhere):
@@ -891,7 +893,7 @@ def random_between_calls(a, e, c):
     key = next((name for name, value in seen.items() if value is a), None)
     if key is None or distance(a, rerun()[key]) <= c.tol:
         return None
-    return (f"your {c.noun} changes between two calls in eval() mode: something random is on "
+    return (f"your {c.noun} change{c.s} between two calls in eval() mode: something random is on "
             "(F.dropout(x, p) drops in eval() too): use self.dropout, which eval() turns off")
 
 
@@ -903,19 +905,19 @@ def wrong_shape(a, e, c):
         for order in itertools.permutations(range(a.ndim)):
             if distance(a.permute(order), e) <= c.tol:
                 layout = ", ".join(c.names[order.index(i)] for i in range(a.ndim))
-                return (f"your {c.noun} has shape {tuple(a.shape)}, laid out [{layout}]; "
+                return (f"your {c.noun} {c.has} shape {tuple(a.shape)}, laid out [{layout}]; "
                         f"{expected}: put the dimensions in that order")
     missing = [name for name, size in zip(c.names, e.shape) if size not in a.shape]
     extra = [size for size in a.shape if size not in e.shape]
     more = (f" (no {', '.join(missing)}: summed or indexed away?)" if missing else
             f" (an extra dimension of size {extra[0]})" if extra else "")
-    return f"your {c.noun} has shape {tuple(a.shape)}; {expected}{more}"
+    return f"your {c.noun} {c.has} shape {tuple(a.shape)}; {expected}{more}"
 
 
 def wrong_dtype(a, e, c):
     if a.dtype == e.dtype:
         return None
-    return (f"your {c.noun} has dtype {a.dtype}; expected {e.dtype} (that of the inputs): "
+    return (f"your {c.noun} {c.has} dtype {a.dtype}; expected {e.dtype} (that of the inputs): "
             "compute in the input's dtype, without a .float() or torch.float32 on the way")
 
 
@@ -924,7 +926,7 @@ def non_finite(a, e, c):
     if not bad.any():
         return None
     kind = "NaN" if a.isnan().any() else "inf"
-    return (f"your {c.noun} has {kind} {where(bad, e, c)}: a division by zero, or a softmax "
+    return (f"your {c.noun} {c.has} {kind} {where(bad, e, c)}: a division by zero, or a softmax "
             "over a row of -inf? (mask with torch.finfo(dtype).min, not -inf)")
 
 
@@ -955,7 +957,7 @@ def padding_of(e, c, dim_name):
 def an_input(a, e, c):
     for name, value in vars(c.g).items():
         if isinstance(value, torch.Tensor) and distance(a, value) <= c.tol:
-            return (f"your {c.noun} is {name}, unchanged: the step's computation is missing "
+            return (f"your {c.noun} {c.is_} {name}, unchanged: the step's computation is missing "
                     "(or you go on with its input instead of its result)")
     return None
 
@@ -969,8 +971,8 @@ def only_somewhere(a, e, c):
         return None  # spread out: not confined to padding or to one index
     yours, theirs = a[bad][0].item(), e[bad][0].item()
     fix = ("padded keys get torch.finfo(dtype).min in the scores, so zero weight: check how you "
-           "use key_is_padding" if "padded" in place else "look at what your code does there")
-    return (f"your {c.noun} differs from the reference {place} (you: {yours:.3g}, the reference: "
+           "use key_is_padding" if "padded key" in place else "look at what your code does there")
+    return (f"your {c.noun} differ{c.s} from the reference {place} (you: {yours:.3g}, the reference: "
             f"{theirs:.3g}): {fix}")
 
 
@@ -985,8 +987,8 @@ def constant_factor(a, e, c):
     if abs(ratio - 1) < 1e-9 or (x - ratio * y).abs().max() > c.tol * max(1.0, abs(ratio)):
         return None
     if abs(ratio + 1) < 1e-6:
-        return f"your {c.noun} is the reference with its sign flipped: look for a minus sign"
-    return (f"your {c.noun} is the reference {factor_in_words(ratio, getattr(c.g, 'cfg', None))} "
+        return f"your {c.noun} {c.is_} the reference with its sign flipped: look for a minus sign"
+    return (f"your {c.noun} {c.is_} the reference {factor_in_words(ratio, getattr(c.g, 'cfg', None))} "
             f"(a constant factor {ratio:.4g}): look for a wrong or doubled scaling")
 
 
@@ -1017,24 +1019,24 @@ def constant_offset(a, e, c):
                 if abs(times - round(times)) < 1e-6 and (row - round(times) * bias).abs().max() <= c.tol:
                     return offset_in_words(c, name, round(times))
         at_every = ", ".join(c.names[:lead])
-        return (f"your {c.noun} is off by the same {tuple(row.shape)} vector at every "
+        return (f"your {c.noun} {c.is_} off by the same {tuple(row.shape)} vector at every "
                 f"{at_every}: a bias (or a row) added or left out where it should not be")
     return None
 
 
 def offset_in_words(c, name, times):
     if times == -1:
-        return f"your {c.noun} lacks {name}: add it (once)"
+        return f"your {c.noun} lack{c.s} {name}: add it (once)"
     if times == 1:
-        return f"your {c.noun} is off by exactly {name}: you add {name} twice (or where it does not belong)"
+        return f"your {c.noun} {c.is_} off by exactly {name}: you add {name} twice (or where it does not belong)"
     per_head = " (once per head?)" if times + 1 == getattr(c.g.cfg, "n_heads", None) else ""
-    return f"your {c.noun} has {name} {times + 1} times{per_head}: add it once"
+    return f"your {c.noun} {c.has} {name} {times + 1} times{per_head}: add it once"
 
 
 def swapped_dims(a, e, c):
     for i, j in itertools.combinations(range(a.ndim), 2):
         if a.shape[i] == a.shape[j] > 1 and distance(a.transpose(i, j), e) <= c.tol:
-            return (f"your {c.noun} is the reference with {c.names[i]} and {c.names[j]} swapped: "
+            return (f"your {c.noun} {c.is_} the reference with {c.names[i]} and {c.names[j]} swapped: "
                     "check the order of the dimensions you write (the einsum's output side)")
     return None
 
@@ -1051,8 +1053,8 @@ def permuted(a, e, c):
             order.append(match[0] if match else None)
         if None in order or sorted(order) != list(range(n)) or order == list(range(n)):
             continue
-        return (f"your {c.noun} has the reference's {name} entries in another order "
-                f"({order_in_words(order)}): keep each {name} where it is")
+        return (f"your {c.noun} {c.has} the reference's {name} entries in another order "
+                f"({order_in_words(order)}): keep them in the order of the input")
     return None
 
 
@@ -1068,7 +1070,8 @@ def order_in_words(order):
 
 
 def normalised_elsewhere(a, e, c):
-    for what, test in (("sums to 1", sums_to_one), ("has mean 0 and variance 1", standardised)):
+    for what, test in ((f"sum{c.s} to 1", sums_to_one),
+                       (f"{c.has} mean 0 and variance 1", standardised)):
         yours, theirs = ([c.names[d] for d in range(t.ndim) if t.shape[d] > 1
                           and test(without_affine(t, c.g), d)] for t in (a, e))
         if yours and yours != theirs:
@@ -2443,7 +2446,7 @@ def test_diagnosis_names_the_shape_of_a_difference(ref):
         (z.roll(1, dims=2), "attention_z", "head_index entries in another order (rolled by 1"),
         (pattern.transpose(2, 3), "attention_pattern", "with query_pos and key_pos swapped"),
         (scores.masked_fill(padded_keys, -1e9), "attention_scores",
-         "differs from the reference only at padded key positions (you: -1e+09"),
+         "differ from the reference only at padded key positions (you: -1e+09"),
         (out + g["b_O"], "attention_out", "off by exactly b_O: you add b_O twice"),
         (pattern.softmax(0), "attention_pattern", "sums to 1 over batch"),
         (torch.where(padded_keys, float("nan"), pattern), "attention_pattern",
@@ -2451,10 +2454,11 @@ def test_diagnosis_names_the_shape_of_a_difference(ref):
         (z.float(), "attention_z", "dtype torch.float32"),
         (g["v"].clone(), "attention_z", "your z is v, unchanged"),
     ]
+    references = dict(attention_z=z, attention_pattern=pattern, attention_scores=scores,
+                      attention_out=out)
     for wrong, step, says in cases:
-        assert says in (diagnosis_of(wrong, {"attention_z": z, "attention_pattern": pattern,
-                                             "attention_scores": scores,
-                                             "attention_out": out}[step], step, g) or "")
+        diagnosis = diagnosis_of(wrong, references[step], step, g)
+        assert says in (diagnosis or ""), f"expected {says!r} in: {diagnosis}"
     assert diagnosis_of(z.clone(), z, "attention_z", g) is None, "a right tensor: no failure"
     noise = z + torch.randn_like(z)
     assert diagnosis_of(noise, z, "attention_z", g) == "THE HINT", "nothing fits: the hint first"

@@ -250,7 +250,7 @@ UNLISTED = [
     ("MLM logits in float32", "logits += self.b_U", "logits = logits.float() + self.b_U.float()",
      "test_unembed", "dtype torch.float32"),
     ("a log on the MLM logits", "return self.hook_out(logits)", "return self.hook_out(logits.log())",
-     "test_unembed", "has NaN"),
+     "test_unembed", "have NaN"),
     ("pooler's batch rows reversed", "cls_token = resid[:, 0]", "cls_token = resid.flip(0)[:, 0]",
      "test_pooler", "batch entries in another order (reversed)"),
     ("NSP logits in the other order", "return self.hook_nsp_out(nsp_logits + self.b)",
