@@ -7,11 +7,13 @@ component, each step is tested through its hooks: the test feeds HuggingFace's v
 hooks of the earlier steps, checks the hook of its own step, and stops the forward pass right
 after it. Sub-modules (the LayerNorm inside BertEmbed, the attention inside BertBlock, ...) are
 replaced by stand-ins that check their input and return HuggingFace's output. So a bug fails
-its own component's (step's) tests only, and each failure names the usual mistake.
+its own component's (step's) tests only, and its failure says what the mistake was.
 
-Part 2, the helpers those tests use. Part 3, the machinery: the whole model, loading, hooks,
-the cache, bad input, text, real weights, the tutorial. conftest.py prints a progress board
-after every run, and skips Part 3 ("blocked by ...") while a component in Part 1 fails.
+Part 2, the helpers those tests use, and the diagnosis of a failure ("your scores equal
+q . k / sqrt(d_model): divide by sqrt(d_head)"). Part 3, the machinery: the whole model,
+loading, hooks, the cache, bad input, text, real weights, the tutorial. conftest.py prints a
+progress board after every run, and skips Part 3 ("blocked by ...") while a component in
+Part 1 fails.
 
 Every reference is computed here, by HuggingFace models with random weights (biases and
 LayerNorm weights too, so that a bug cannot hide behind zeros and ones), in eval() mode with
@@ -813,6 +815,7 @@ def distance(actual, made):
 
 
 def tolerance(expected, atol):
+    """What counts as a match: the check's atol, times the reference's size (masks left out)."""
     ordinary = expected[(expected.abs() < -MASKED) & expected.isfinite()]
     return max(atol, 1e-12) * max(1.0, ordinary.abs().max().item() if ordinary.numel() else 1.0)
 
@@ -1227,17 +1230,18 @@ Z_MISTAKES = [
 ]
 
 
-def attention_out_like(g, merge="head_index d_head", b_O_times=1, heads="sum"):
-    z = g.z if merge == "head_index d_head" else g.z.transpose(2, 3)
-    per_head = torch.einsum("bphd,hdm->bphm", g.z, g.W_O)
-    if merge != "head_index d_head":
+def attention_out_like(g, merge_right=True, b_O_times=1, heads="sum"):
+    """Attention's output with one thing changed: how heads merge, b_O, sum or mean."""
+    if not merge_right:  # z flattened as [d_head, head_index], W_O's rows as [head_index, d_head]
+        z = g.z.transpose(2, 3)
         return z.reshape(*z.shape[:2], -1) @ g.W_O.reshape(-1, g.W_O.shape[-1]) + g.b_O
+    per_head = torch.einsum("bphd,hdm->bphm", g.z, g.W_O)  # [batch, pos, head_index, d_model]
     return (per_head.sum(2) if heads == "sum" else per_head.mean(2)) + b_O_times * g.b_O
 
 
 OUT_MISTAKES = [
     ("your output merges the heads in the wrong order ([d_head, head_index]): flatten z as "
-     "[head_index, d_head], the order of W_O's rows", lambda g: attention_out_like(g, merge="")),
+     "[head_index, d_head], the order of W_O's rows", lambda g: attention_out_like(g, merge_right=False)),
     ("your output lacks b_O: add it once, after summing the heads",
      lambda g: attention_out_like(g, b_O_times=0)),
     ("your output adds b_O once per head: add it once, after summing the heads",
