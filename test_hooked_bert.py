@@ -7,11 +7,13 @@ component, each step is tested through its hooks: the test feeds HuggingFace's v
 hooks of the earlier steps, checks the hook of its own step, and stops the forward pass right
 after it. Sub-modules (the LayerNorm inside BertEmbed, the attention inside BertBlock, ...) are
 replaced by stand-ins that check their input and return HuggingFace's output. So a bug fails
-its own component's (step's) tests only, and each failure names the usual mistake.
+its own component's (step's) tests only, and its failure says what the mistake was.
 
-Part 2, the helpers those tests use. Part 3, the machinery: the whole model, loading, hooks,
-the cache, bad input, text, real weights, the tutorial. conftest.py prints a progress board
-after every run, and skips Part 3 ("blocked by ...") while a component in Part 1 fails.
+Part 2, the helpers those tests use, and the diagnosis of a failure ("your scores equal
+q . k / sqrt(d_model): divide by sqrt(d_head)"). Part 3, the machinery: the whole model,
+loading, hooks, the cache, bad input, text, real weights, the tutorial. conftest.py prints a
+progress board after every run, and skips Part 3 ("blocked by ...") while a component in
+Part 1 fails.
 
 Every reference is computed here, by HuggingFace models with random weights (biases and
 LayerNorm weights too, so that a bug cannot hide behind zeros and ones), in eval() mode with
@@ -22,6 +24,7 @@ pytest -k attention_scores. (EXERCISES below, and the board, list them all.)
 """
 
 import copy
+import itertools
 import json
 import os
 import re
@@ -99,7 +102,8 @@ def test_activation_functions(act_fn):
 
     x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
     check(hb.ACTIVATIONS[act_fn](x), ACT2FN[act_fn](x),
-          f"activation {act_fn!r}: 'gelu' is the exact erf GELU, 'gelu_new' the tanh approximation")
+          f"activation {act_fn!r}: 'gelu' is the exact erf GELU, 'gelu_new' the tanh approximation",
+          step="activation", given=dict(x=x, act_fn=act_fn))
 
 
 # --- Embeddings ------------------------------------------------------------------------------
@@ -110,7 +114,7 @@ def test_embed(ref):
     hint = "Embed: row `token` of W_E for each token, shape [batch, pos, d_model]"
     embed = make_embed(ref.cfg, ref.hf.bert.embeddings).embed
     check(output_of(embed, ref.tokens, hint=hint), ref.outputs["bert.embeddings.word_embeddings"],
-          hint)
+          hint, step="embed", given=lambda: step_inputs(ref, tokens=ref.tokens, W_E=embed.W_E))
 
 
 @exercise("PosEmbed")
@@ -120,7 +124,8 @@ def test_pos_embed(ref):
     pos_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).pos_embed
     expected = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
     pos = output_of(pos_embed, ref.tokens, hint=hint)
-    check(pos, expected, hint)
+    check(pos, expected, hint, step="pos_embed",
+          given=lambda: step_inputs(ref, tokens=ref.tokens, W_pos=pos_embed.W_pos))
     assert pos.untyped_storage().data_ptr() != pos_embed.W_pos.untyped_storage().data_ptr(), (
         "PosEmbed: return a new tensor (index W_pos with the positions), not a view of W_pos: "
         "a hook that edits its activation in place would change the weights")
@@ -131,7 +136,9 @@ def test_token_type_embed(ref):
     hint = "TokenTypeEmbed: row `token_type` of W_token_type (0 for sentence A, 1 for B)"
     token_type_embed = make_embed(ref.cfg, ref.hf.bert.embeddings).token_type_embed
     check(output_of(token_type_embed, ref.token_type_ids, hint=hint),
-          ref.outputs["bert.embeddings.token_type_embeddings"], hint)
+          ref.outputs["bert.embeddings.token_type_embeddings"], hint, step="token_type_embed",
+          given=lambda: step_inputs(ref, token_type_ids=ref.token_type_ids,
+                                    W_token_type=token_type_embed.W_token_type))
 
 
 # --- LayerNorm -------------------------------------------------------------------------------
@@ -142,8 +149,9 @@ def test_layer_norm(ref):
     hint = ("LayerNorm: (x - mean) / sqrt(var + eps) * w + b, with eps = 1e-12 INSIDE the square "
             "root and the biased variance (mean of squared deviations, not divided by n - 1)")
     layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
-    check(output_of(layer_norm, ref.inputs["bert.embeddings.LayerNorm"], hint=hint),
-          ref.outputs["bert.embeddings.LayerNorm"], hint)
+    x = ref.inputs["bert.embeddings.LayerNorm"]
+    check(output_of(layer_norm, x, hint=hint), ref.outputs["bert.embeddings.LayerNorm"], hint,
+          step="layer_norm", given=lambda: layer_norm_inputs(ref, layer_norm, x))
 
 
 @exercise("LayerNorm")
@@ -156,7 +164,8 @@ def test_layer_norm_of_a_nearly_constant_input(ref):
     with torch.no_grad():
         expected = hf_layer_norm(x)
     layer_norm = make_layer_norm(ref.cfg, hf_layer_norm)
-    check(output_of(layer_norm, x, hint=hint), expected, hint)
+    check(output_of(layer_norm, x, hint=hint), expected, hint, step="layer_norm",
+          given=lambda: layer_norm_inputs(ref, layer_norm, x))
 
 
 @exercise("LayerNorm")
@@ -166,7 +175,8 @@ def test_layer_norm_scale_hook(ref):
     x = ref.inputs["bert.embeddings.LayerNorm"]
     seen = run_until(layer_norm, (x,), "hook_scale", hint)
     expected = (x.var(-1, unbiased=False, keepdim=True) + ref.cfg.eps).sqrt()
-    check(seen["hook_scale"], expected, hint)
+    check(seen["hook_scale"], expected, hint, step="layer_norm_scale",
+          given=lambda: layer_norm_inputs(ref, layer_norm, x))
 
 
 @exercise("LayerNorm")
@@ -177,7 +187,8 @@ def test_layer_norm_normalized_hook(ref):
     x = ref.inputs["bert.embeddings.LayerNorm"]
     scale = (x.var(-1, unbiased=False, keepdim=True) + ref.cfg.eps).sqrt()
     seen = run_until(layer_norm, (x,), "hook_normalized", hint, feed={"hook_scale": scale})
-    check(seen["hook_normalized"], (x - x.mean(-1, keepdim=True)) / scale, hint)
+    check(seen["hook_normalized"], (x - x.mean(-1, keepdim=True)) / scale, hint,
+          step="layer_norm_normalized", given=lambda: layer_norm_inputs(ref, layer_norm, x, scale=scale))
 
 
 # --- BertEmbed: the three embeddings, summed, then LayerNorm ---------------------------------
@@ -195,7 +206,7 @@ def test_bert_embed(ref):
                                       "BertEmbed.token_type_embed", hint)
     embed.ln = recorded(ref, "bert.embeddings.LayerNorm", "BertEmbed.ln", hint)
     check(output_of(embed, ref.tokens, ref.token_type_ids, hint=hint), ref.out.hidden_states[0],
-          hint)
+          hint, step="bert_embed", given=lambda: step_inputs(ref))
 
 
 @exercise("BertEmbed")
@@ -214,7 +225,8 @@ def test_bert_embed_without_token_types(ref):
     embed.pos_embed = StandIn("BertEmbed.pos_embed", (ref.tokens,), positions, hint)
     embed.token_type_embed = StandIn("BertEmbed.token_type_embed", (sentence_a,), types_a, hint)
     embed.ln = StandIn("BertEmbed.ln", (summed,), expected, hint)
-    check(output_of(embed, ref.tokens, hint=hint), expected, hint)
+    check(output_of(embed, ref.tokens, hint=hint), expected, hint, step="bert_embed",
+          given=lambda: step_inputs(ref))
 
 
 # --- Attention, step by step through its hooks -----------------------------------------------
@@ -229,7 +241,7 @@ def test_attention_qkv(ref, layer):
     for name in ("q", "k", "v"):
         step_hint = hint.format(name, name.upper(), name.upper())
         check(reached(seen, "Attention", f"hook_{name}", step_hint), expected[f"hook_{name}"],
-              step_hint)
+              step_hint, step=name, given=lambda: attention_inputs(ref, layer))
 
 
 @exercise("Attention")
@@ -238,13 +250,9 @@ def test_attention_scores(ref, layer):
     hint = ("Attention scores: q . k / sqrt(d_head) (not sqrt(d_model)), [batch, head_index, "
             "query_pos, key_pos]: queries on dim 2, keys on dim 3. Did you swap q and k in the einsum?")
     ours = attention_step(ref, layer, "hook_attn_scores", hint)["hook_attn_scores"]
-    expected = attention_reference(ref, layer)["hook_attn_scores"]
-    assert ours.shape == expected.shape, f"{hint}\n\nshape {tuple(ours.shape)}"
-    padded = ref.key_is_padding[:, None, None, :].expand_as(expected)
-    check(ours[~padded], expected[~padded], hint)
-    assert (ours[padded] < -1e30).all(), (
-        "Attention scores: padded keys (mask 0) must get a very large negative score before the "
-        "softmax (we use torch.finfo(dtype).min), so that no query attends to padding")
+    # (Any score below -1e30 counts as masked: torch.finfo(dtype).min, -inf.)
+    check(ours, attention_reference(ref, layer)["hook_attn_scores"], hint,
+          step="attention_scores", given=lambda: attention_inputs(ref, layer))
 
 
 @exercise("Attention")
@@ -252,7 +260,8 @@ def test_attention_scores(ref, layer):
 def test_attention_pattern(ref, layer):
     hint = "Attention pattern: softmax of the masked scores over the KEY dimension (dim=-1)"
     seen = attention_step(ref, layer, "hook_pattern", hint)
-    check(seen["hook_pattern"], ref.out.attentions[layer], hint)
+    check(seen["hook_pattern"], ref.out.attentions[layer], hint, step="attention_pattern",
+          given=lambda: attention_inputs(ref, layer))
 
 
 @exercise("Attention")
@@ -270,7 +279,8 @@ def test_attention_pattern_rows_sum_to_one_and_ignore_padding(ref, layer):
 def test_attention_z(ref, layer):
     hint = "Attention z: for each query position, the pattern-weighted sum of the values over KEY positions"
     seen = attention_step(ref, layer, "hook_z", hint)
-    check(seen["hook_z"], attention_reference(ref, layer)["hook_z"], hint)
+    check(seen["hook_z"], attention_reference(ref, layer)["hook_z"], hint, step="attention_z",
+          given=lambda: attention_inputs(ref, layer))
 
 
 @exercise("Attention")
@@ -279,7 +289,8 @@ def test_attention_out(ref, layer):
     hint = ("Attention output: z @ W_O summed over heads, plus b_O. Are the heads merged in the same "
             "order they were split (head_index before d_head)?")
     seen = attention_step(ref, layer, None, hint)
-    check(seen["out"], ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint)
+    check(seen["out"], ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint,
+          step="attention_out", given=lambda: attention_inputs(ref, layer))
 
 
 @exercise("Attention")
@@ -288,7 +299,8 @@ def test_attention_forward_all_steps_together(ref, layer):
     hint = "Attention: the whole forward pass, every step on your own values (no stand-ins)"
     attn = make_attention(ref.cfg, ref.layer(layer))
     out = output_of(attn, ref.out.hidden_states[layer], ref.key_is_padding, hint=hint)
-    check(out, ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint)
+    check(out, ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint,
+          step="attention", given=lambda: attention_inputs(ref, layer))
 
 
 @exercise("Attention")
@@ -309,7 +321,8 @@ def test_mlp_pre(ref, layer):
     hint = "MLP hook_pre: x @ W_in + b_in, shape [batch, pos, d_mlp]"
     mlp = make_mlp(ref.cfg, ref.layer(layer))
     seen = run_until(mlp, (mlp_input(ref, layer),), "hook_pre", hint)
-    check(seen["hook_pre"], ref.outputs[f"bert.encoder.layer.{layer}.intermediate.dense"], hint)
+    check(seen["hook_pre"], ref.outputs[f"bert.encoder.layer.{layer}.intermediate.dense"], hint,
+          step="mlp_pre", given=lambda: mlp_inputs(ref, mlp, layer))
 
 
 @exercise("MLP")
@@ -317,9 +330,11 @@ def test_mlp_pre(ref, layer):
 def test_mlp_post(ref, layer):
     hint = f"MLP hook_post: act(pre), with act = {ref.cfg.act_fn!r}, shape [batch, pos, d_mlp]"
     prefix = f"bert.encoder.layer.{layer}.intermediate"
-    seen = run_until(make_mlp(ref.cfg, ref.layer(layer)), (mlp_input(ref, layer),), "hook_post",
-                     hint, feed={"hook_pre": ref.outputs[f"{prefix}.dense"]})
-    check(seen["hook_post"], ref.outputs[prefix], hint)
+    mlp = make_mlp(ref.cfg, ref.layer(layer))
+    seen = run_until(mlp, (mlp_input(ref, layer),), "hook_post", hint,
+                     feed={"hook_pre": ref.outputs[f"{prefix}.dense"]})
+    check(seen["hook_post"], ref.outputs[prefix], hint, step="mlp_post",
+          given=lambda: mlp_inputs(ref, mlp, layer, pre=ref.outputs[f"{prefix}.dense"]))
 
 
 @exercise("MLP")
@@ -329,7 +344,8 @@ def test_mlp(ref, layer):
             "(BERT's 'gelu' is the exact erf GELU, not the tanh approximation)")
     mlp = make_mlp(ref.cfg, ref.layer(layer))
     check(output_of(mlp, mlp_input(ref, layer), hint=hint),
-          ref.outputs[f"bert.encoder.layer.{layer}.output.dense"], hint)
+          ref.outputs[f"bert.encoder.layer.{layer}.output.dense"], hint, step="mlp",
+          given=lambda: mlp_inputs(ref, mlp, layer))
 
 
 # --- BertBlock: post-LN wiring of attention, LayerNorm and MLP -------------------------------
@@ -350,7 +366,8 @@ def test_block(ref, layer):
     block.ln2 = recorded(ref, f"{hf}.output.LayerNorm", "BertBlock.ln2", hint)
     resid_pre = ref.out.hidden_states[layer].clone()
     check(output_of(block, resid_pre, ref.key_is_padding, hint=hint),
-          ref.out.hidden_states[layer + 1], hint)
+          ref.out.hidden_states[layer + 1], hint, step="block",
+          given=lambda: step_inputs(ref, resid_pre=ref.out.hidden_states[layer]))
     assert torch.equal(resid_pre, ref.out.hidden_states[layer]), (
         "Block must not modify its input in place")
 
@@ -365,15 +382,17 @@ def test_mlm_head(ref):
     mlm_head = make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense)
     mlm_head.ln = recorded(ref, "cls.predictions.transform.LayerNorm", "BertMLMHead.ln", hint)
     check(output_of(mlm_head, ref.out.hidden_states[-1], hint=hint),
-          ref.outputs["cls.predictions.transform"], hint)
+          ref.outputs["cls.predictions.transform"], hint, step="mlm_head",
+          given=lambda: step_inputs(ref, resid=ref.out.hidden_states[-1]))
 
 
 @exercise("Unembed")
 def test_unembed(ref):
     hint = "Unembed: x @ W_U + b_U. Did you forget the decoder bias b_U?"
     unembed = make_unembed(ref.cfg, ref.hf.cls.predictions)
-    check(output_of(unembed, ref.outputs["cls.predictions.transform"], hint=hint),
-          ref.out.prediction_logits, hint)
+    x = ref.outputs["cls.predictions.transform"]
+    check(output_of(unembed, x, hint=hint), ref.out.prediction_logits, hint, step="unembed",
+          given=lambda: step_inputs(ref, x=x, **params_of(unembed)))
 
 
 @exercise("BertPooler")
@@ -381,15 +400,18 @@ def test_pooler(ref):
     hint = ("Pooler: tanh(dense(final hidden state of the FIRST token, [CLS])): not the mean over "
             "positions")
     pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
-    check(output_of(pooler, ref.out.hidden_states[-1], hint=hint), ref.outputs["bert.pooler"], hint)
+    resid = ref.out.hidden_states[-1]
+    check(output_of(pooler, resid, hint=hint), ref.outputs["bert.pooler"], hint, step="pooler",
+          given=lambda: step_inputs(ref, resid=resid, **params_of(pooler)))
 
 
 @exercise("BertNSPHead")
 def test_nsp_head(ref):
     hint = "NSP head: pooled @ W + b, two logits per sequence"
     nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
-    check(output_of(nsp_head, ref.outputs["bert.pooler"], hint=hint),
-          ref.out.seq_relationship_logits, hint)
+    pooled = ref.outputs["bert.pooler"]
+    check(output_of(nsp_head, pooled, hint=hint), ref.out.seq_relationship_logits, hint,
+          step="nsp_head", given=lambda: step_inputs(ref, pooled=pooled, **params_of(nsp_head)))
 
 
 # --- The loader: HuggingFace's weight layout -> ours -----------------------------------------
@@ -484,11 +506,18 @@ def ref(request):
     return Reference(CONFIGS[request.param])
 
 
-def check(actual, expected, hint, atol=F64_ATOL):
-    """assert_close with a hint that names the likely mistake."""
+def check(actual, expected, hint, atol=F64_ATOL, step=None, given=None):
+    """assert_close (masked scores: any value below -1e30 counts as the mask, -inf too). On a
+    failure, the message's first paragraph says what the student did, if the diagnosis of
+    `step` can tell from its inputs `given` (a dict, or a function returning one: called only
+    after a failure); then the hint; then torch's summary."""
     __tracebackhide__ = True  # a failure points at the test's line
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=0,
-                               msg=lambda default: f"{hint}\n\n{default}")
+    try:
+        torch.testing.assert_close(as_masked(actual), as_masked(expected), atol=atol, rtol=0)
+    except (AssertionError, TypeError) as error:
+        summary = "\n".join([line for line in str(error).splitlines() if line.strip()][:3])
+        diagnosis = diagnose(actual, expected, step, given, atol)
+        raise AssertionError("\n\n".join(filter(None, [diagnosis, hint, summary]))) from None
 
 
 # This file's own way of putting HuggingFace weights into our components: head by head and
@@ -668,7 +697,7 @@ def add_hint(error, hint, component, stop_at=None):
     else:
         diagnosis = f"{where} raised {type(error).__name__}: {error}"
         error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]
-    error.hint = f"{hint}\n\n{diagnosis}"
+    error.hint = f"{diagnosis}\n\n{hint}"  # what went wrong first: the board shows it first
     return error
 
 
@@ -678,6 +707,7 @@ def run_until(component, args, stop_at, hint, feed=None):
     (None: runs to the end, output under "out"). Returns {hook name: what reached it}."""
     __tracebackhide__ = True  # a failure shows the test and the component's line, not this
     feed, seen = feed or {}, {}
+    LAST_RUN[:] = [seen, lambda: run_until(component, args, stop_at, hint, feed)]  # (diagnosis)
     hooks = {name: point for name, point in component.named_children()
              if isinstance(point, hb.HookPoint)}
 
@@ -712,8 +742,8 @@ def reached(seen, class_name, hook, hint):
     """What reached `hook`, or a failure that says which hook call is missing."""
     __tracebackhide__ = True
     if hook not in seen:
-        raise AssertionError(f"{hint}\n\n{class_name}.forward never called self.{hook}(...): "
-                             f"pass it {HOOK_WHAT[hook]}, and go on with what it returns")
+        raise AssertionError(f"{class_name}.forward never called self.{hook}(...): pass it "
+                             f"{HOOK_WHAT[hook]}, and go on with what it returns\n\n{hint}")
     return seen[hook]
 
 
@@ -755,6 +785,565 @@ def attention_step(ref, layer, stop_at, hint):
     steps = ATTENTION_STEPS if stop_at is None else ATTENTION_STEPS[:ATTENTION_STEPS.index(stop_at)]
     feed = {name: expected[name] for name in steps}
     return run_until(attn, (ref.out.hidden_states[layer], ref.key_is_padding), stop_at, hint, feed)
+
+
+# --- Diagnosis: what a failing step's tensor says about the mistake ---------------------------
+
+# Only after a failure, `check` hands `diagnose` the student's tensor, the reference and the
+# step's inputs. First the step's catalogue (below): each candidate computes, from the SAME
+# inputs, what one known mistake would produce; the closest one within tolerance names it.
+# Then structural signatures of the difference, for the mistakes no catalogue lists: a wrong
+# shape or dtype, randomness, NaN, differences confined to padding or to one index, a constant
+# factor or offset (a bias), swapped or permuted dimensions, normalisation over another dim,
+# an input passed through. Each gives one sentence: "your <what> ...: <what to do>".
+
+MASKED = -1e30  # scores below this are masked (torch.finfo(dtype).min, or -inf)
+LAST_RUN: list = []  # [what reached each hook, a function that runs the step again]: run_until's
+
+
+def as_masked(x):
+    """x with every masked score as -inf, so that any very large negative number counts."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.masked_fill(x < MASKED, float("-inf"))
+    return x
+
+
+def distance(actual, made):
+    """Largest absolute difference (inf for another shape, or a NaN on one side only)."""
+    if not isinstance(made, torch.Tensor) or actual.shape != made.shape:
+        return float("inf")
+    a, b = as_masked(actual.to(made.dtype)), as_masked(made)
+    same = (a == b) | (a.isnan() & b.isnan())
+    return torch.where(same, 0.0, (a - b).abs()).nan_to_num(nan=float("inf")).max().item()
+
+
+def tolerance(expected, atol):
+    """What counts as a match: the check's atol, times the reference's size (masks left out)."""
+    ordinary = expected[(expected.abs() < -MASKED) & expected.isfinite()]
+    return max(atol, 1e-12) * max(1.0, ordinary.abs().max().item() if ordinary.numel() else 1.0)
+
+
+def step_inputs(ref, **tensors):
+    """What a step was fed, for its diagnosis: the tensors, the config and the padding."""
+    return dict(cfg=ref.cfg, key_is_padding=ref.key_is_padding, act_fn=ref.cfg.act_fn, **tensors)
+
+
+def params_of(component):
+    """A component's own parameters (not its sub-modules'), detached: {"W_O": ..., "b_O": ...}."""
+    return {name: value.detach() for name, value in component.named_parameters(recurse=False)}
+
+
+def layer_norm_inputs(ref, layer_norm, x, **more):
+    return step_inputs(ref, x=x, **params_of(layer_norm), **more)
+
+
+def mlp_inputs(ref, mlp, layer, **more):
+    return step_inputs(ref, x=mlp_input(ref, layer), **params_of(mlp), **more)
+
+
+def attention_inputs(ref, layer):
+    """Attention's input, weights and HuggingFace's value at each hook (what steps are fed)."""
+    values = {name.removeprefix("hook_").replace("attn_", ""): value
+              for name, value in attention_reference(ref, layer).items()}
+    return step_inputs(ref, resid=ref.out.hidden_states[layer], **values,
+                       **params_of(make_attention(ref.cfg, ref.layer(layer))))
+
+
+def diagnose(actual, expected, step, given, atol):
+    """The first paragraph of a failure, "<step>: your ...: do ...", or None if nothing fits."""
+    if step is None:
+        return None
+    title, noun, dims = STEPS[step]
+    if not isinstance(actual, torch.Tensor):
+        return f"{title}: your {noun} is {type(actual).__name__}, not a tensor: return the tensor"
+    try:
+        g = SimpleNamespace(**(given() if callable(given) else given or {}))
+        tol = tolerance(expected, atol)
+        sentence = best_candidate(actual, step, g, tol) or signature(
+            actual, expected, SimpleNamespace(noun=noun, dims=dims, g=g, tol=tol))
+    except Exception:  # noqa: BLE001 (a diagnosis must never hide the failure itself)
+        sentence = None
+    return sentence and f"{title}: {sentence}"
+
+
+def best_candidate(actual, step, g, tol):
+    """The sentence of the step's catalogued mistake closest to `actual`, if within tol."""
+    found = []
+    for sentence, mistake in CANDIDATES.get(step, ()):
+        try:
+            made = mistake(g)
+        except Exception:  # noqa: BLE001 (a mistake these inputs cannot make)
+            continue
+        found.append((distance(actual, made), sentence))
+    best = min(found, default=(float("inf"), ""))
+    means = ACT_MEANS.get(getattr(g, "act_fn", None), "")
+    return best[1].format(**vars(g), means=means) if best[0] <= tol else None
+
+
+def signature(a, e, c):
+    """The first structural signature that fits; c: noun, dims, inputs g, tolerance."""
+    c.names = list(c.dims) if len(c.dims) == e.ndim else [f"dim {i}" for i in range(e.ndim)]
+    plural = c.noun.endswith("s")  # "your scores are", "your pattern is"
+    c.is_, c.has, c.s = ("are", "have", "") if plural else ("is", "has", "s")
+    for test in (random_between_calls, wrong_shape, wrong_dtype, non_finite, an_input,
+                 only_somewhere, swapped_dims, permuted, constant_factor, constant_offset,
+                 normalised_elsewhere):
+        sentence = test(a, e, c)
+        if sentence:
+            return sentence
+    return None
+
+
+def random_between_calls(a, e, c):
+    seen, rerun = LAST_RUN or ({}, None)
+    key = next((name for name, value in seen.items() if value is a), None)
+    if key is None or distance(a, rerun()[key]) <= c.tol:
+        return None
+    return (f"your {c.noun} change{c.s} between two calls in eval() mode: something random is on "
+            "(F.dropout(x, p) drops in eval() too): use self.dropout, which eval() turns off")
+
+
+def wrong_shape(a, e, c):
+    if a.shape == e.shape:
+        return None
+    expected = f"expected [{', '.join(c.names)}] = {tuple(e.shape)}"
+    if a.ndim == e.ndim:
+        for order in itertools.permutations(range(a.ndim)):
+            if distance(a.permute(order), e) <= c.tol:
+                layout = ", ".join(c.names[order.index(i)] for i in range(a.ndim))
+                return (f"your {c.noun} {c.has} shape {tuple(a.shape)}, laid out [{layout}]; "
+                        f"{expected}: put the dimensions in that order")
+    missing = [name for name, size in zip(c.names, e.shape) if size not in a.shape]
+    extra = [size for size in a.shape if size not in e.shape]
+    more = (f" (no {', '.join(missing)}: summed or indexed away?)" if missing else
+            f" (an extra dimension of size {extra[0]})" if extra else "")
+    return f"your {c.noun} {c.has} shape {tuple(a.shape)}; {expected}{more}"
+
+
+def wrong_dtype(a, e, c):
+    if a.dtype == e.dtype:
+        return None
+    return (f"your {c.noun} {c.has} dtype {a.dtype}; expected {e.dtype} (that of the inputs): "
+            "compute in the input's dtype, without a .float() or torch.float32 on the way")
+
+
+def non_finite(a, e, c):
+    bad = ~a.isfinite() & ~((a < MASKED) & (e < MASKED))
+    if not bad.any():
+        return None
+    kind = "NaN" if a.isnan().any() else "inf"
+    return (f"your {c.noun} {c.has} {kind} {where(bad, e, c)}: a division by zero, or a softmax "
+            "over a row of -inf? (mask with torch.finfo(dtype).min, not -inf)")
+
+
+def where(bad, e, c):
+    """Where `bad` is True, in words: at padded key positions, at head_index 2, or a count."""
+    for name in ("key_pos", "query_pos", "pos"):
+        padded = padding_of(e, c, name)
+        if padded is not None and padded.any() and not (bad & ~padded).any():
+            return f"only at padded {name.replace('_', ' ').replace('pos', 'positions')}"
+    single = [f"{name} {bad.movedim(d, 0).flatten(1).any(1).nonzero().item()}"
+              for d, name in enumerate(c.names) if bad.shape[d] > 1
+              and bad.movedim(d, 0).flatten(1).any(1).sum() == 1]
+    if single:
+        return f"only at {', '.join(single)}"
+    return f"at {bad.sum().item()} of {bad.numel()} entries"
+
+
+def padding_of(e, c, dim_name):
+    """key_is_padding [batch, pos] spread over e's dims: True where `dim_name` is padding."""
+    pad = getattr(c.g, "key_is_padding", None)
+    if pad is None or dim_name not in c.names or "batch" not in c.names:
+        return None
+    shape = [1] * e.ndim
+    shape[c.names.index("batch")], shape[c.names.index(dim_name)] = pad.shape
+    return pad.reshape(shape).expand(e.shape) if pad.reshape(shape).dim() == e.ndim else None
+
+
+def an_input(a, e, c):
+    for name, value in vars(c.g).items():
+        if isinstance(value, torch.Tensor) and distance(a, value) <= c.tol:
+            return (f"your {c.noun} {c.is_} {name}, unchanged: the step's computation is missing "
+                    "(or you go on with its input instead of its result)")
+    return None
+
+
+def only_somewhere(a, e, c):
+    bad = (as_masked(a) != as_masked(e)) & ((a - e).abs().nan_to_num(nan=float("inf")) > c.tol)
+    if bad.all() or not bad.any():
+        return None
+    place = where(bad, e, c)
+    if place.startswith("at "):
+        return None  # spread out: not confined to padding or to one index
+    yours, theirs = a[bad][0].item(), e[bad][0].item()
+    fix = ("padded keys get torch.finfo(dtype).min in the scores, so zero weight: check how you "
+           "use key_is_padding" if "padded key" in place else "look at what your code does there")
+    return (f"your {c.noun} differ{c.s} from the reference {place} (you: {yours:.3g}, the reference: "
+            f"{theirs:.3g}): {fix}")
+
+
+def finite_pair(a, e):
+    ordinary = (e.abs() < -MASKED) & a.isfinite() & e.isfinite()
+    return a[ordinary].double(), e[ordinary].double()
+
+
+def constant_factor(a, e, c):
+    x, y = finite_pair(a, e)
+    ratio = ((x * y).sum() / (y * y).sum()).item()
+    if abs(ratio - 1) < 1e-9 or (x - ratio * y).abs().max() > c.tol * max(1.0, abs(ratio)):
+        return None
+    if abs(ratio + 1) < 1e-6:
+        return f"your {c.noun} {c.is_} the reference with its sign flipped: look for a minus sign"
+    return (f"your {c.noun} {c.is_} the reference {factor_in_words(ratio, getattr(c.g, 'cfg', None))} "
+            f"(a constant factor {ratio:.4g}): look for a wrong or doubled scaling")
+
+
+def factor_in_words(ratio, cfg):
+    named = {"2": 2.0}
+    if cfg is not None:
+        named = {"sqrt(d_head)": cfg.d_head ** 0.5, "d_head": cfg.d_head, "n_heads": cfg.n_heads,
+                 "sqrt(d_model)": cfg.d_model ** 0.5, "d_model": cfg.d_model, **named}
+    for name, value in named.items():
+        for word, times in (("times", ratio), ("divided by", 1 / ratio)):
+            if abs(times / value - 1) < 1e-6:
+                return f"{word} {name}"
+    for word, times in (("times", ratio), ("divided by", 1 / ratio)):
+        if abs(times - round(times)) < 1e-6:
+            return f"{word} {round(times)}"
+    return f"times {ratio:.4g}"
+
+
+def constant_offset(a, e, c):
+    difference = torch.where(as_masked(a) == as_masked(e), 0.0, a - e)
+    for lead in range(difference.ndim - 1, 0, -1):
+        row = difference[(0,) * lead]
+        if (difference - row).abs().max() > c.tol:
+            continue
+        for name, bias in vars(c.g).items():
+            if (name == "b" or name.startswith("b_")) and bias.shape == row.shape:
+                times = ((row * bias).sum() / (bias * bias).sum()).item()
+                if abs(times - round(times)) < 1e-6 and (row - round(times) * bias).abs().max() <= c.tol:
+                    return offset_in_words(c, name, round(times))
+        at_every = ", ".join(c.names[:lead])
+        return (f"your {c.noun} {c.is_} off by the same {tuple(row.shape)} vector at every "
+                f"{at_every}: a bias (or a row) added or left out where it should not be")
+    return None
+
+
+def offset_in_words(c, name, times):
+    if times == -1:
+        return f"your {c.noun} lack{c.s} {name}: add it (once)"
+    if times == 1:
+        return f"your {c.noun} {c.is_} off by exactly {name}: you add {name} twice (or where it does not belong)"
+    per_head = " (once per head?)" if times + 1 == getattr(c.g.cfg, "n_heads", None) else ""
+    return f"your {c.noun} {c.has} {name} {times + 1} times{per_head}: add it once"
+
+
+def swapped_dims(a, e, c):
+    for i, j in itertools.combinations(range(a.ndim), 2):
+        if a.shape[i] == a.shape[j] > 1 and distance(a.transpose(i, j), e) <= c.tol:
+            return (f"your {c.noun} {c.is_} the reference with {c.names[i]} and {c.names[j]} swapped: "
+                    "check the order of the dimensions you write (the einsum's output side)")
+    return None
+
+
+def permuted(a, e, c):
+    """Each slice of `a` along a dim is some other slice of `e`: the order is wrong."""
+    for d, name in enumerate(c.names):
+        n = a.shape[d]
+        if not 1 < n <= 64:
+            continue
+        order = []
+        for i in range(n):
+            match = [j for j in [i, *range(n)] if distance(a.select(d, i), e.select(d, j)) <= c.tol]
+            order.append(match[0] if match else None)
+        if None in order or sorted(order) != list(range(n)) or order == list(range(n)):
+            continue
+        return (f"your {c.noun} {c.has} the reference's {name} entries in another order "
+                f"({order_in_words(order)}): keep them in the order of the input")
+    return None
+
+
+def order_in_words(order):
+    n = len(order)
+    if order == list(range(n))[::-1]:
+        return "reversed"
+    for shift in range(1, n):  # torch.roll(reference, shift) along that dim
+        if order == [(i - shift) % n for i in range(n)]:
+            shift = shift - n if shift > n / 2 else shift
+            return f"rolled by {shift}: yours at i is the reference's at i - {shift}"
+    return f"yours 0..{n - 1} are the reference's {order}"
+
+
+def normalised_elsewhere(a, e, c):
+    for what, test in ((f"sum{c.s} to 1", sums_to_one),
+                       (f"{c.has} mean 0 and variance 1", standardised)):
+        yours, theirs = ([c.names[d] for d in range(t.ndim) if t.shape[d] > 1
+                          and test(without_affine(t, c.g), d)] for t in (a, e))
+        if yours and yours != theirs:
+            return (f"your {c.noun} {what} over {', '.join(yours)}; the reference over "
+                    f"{', '.join(theirs) or 'another dim'}: normalise over that")
+    return None
+
+
+def sums_to_one(t, d):
+    return bool((t >= 0).all() and ((t.sum(d) - 1).abs() < 1e-6).all())
+
+
+def standardised(t, d):
+    return bool((t.mean(d).abs() < 1e-6).all() and ((t.var(d, unbiased=False) - 1).abs() < 1e-4).all())
+
+
+def without_affine(t, g):
+    """A LayerNorm's output with its w and b taken off, (t - b) / w; other tensors as they are."""
+    w, b = getattr(g, "w", None), getattr(g, "b", None)
+    if isinstance(w, torch.Tensor) and w.shape == t.shape[-1:] == b.shape:
+        return (t - b) / w
+    return t
+
+
+# The steps: the name on a failure, what the student's tensor is called, its dimensions.
+BPD, HEADS = ("batch", "pos", "d_model"), ("batch", "pos", "head_index", "d_head")
+GRID, HIDDEN = ("batch", "head_index", "query_pos", "key_pos"), ("batch", "pos", "d_mlp")
+STEPS = {
+    "activation": ("Activation", "activation", ("x",)),
+    "embed": ("Embed", "token embedding", BPD),
+    "pos_embed": ("PosEmbed", "position embedding", BPD),
+    "token_type_embed": ("TokenTypeEmbed", "token-type embedding", BPD),
+    "layer_norm": ("LayerNorm", "LayerNorm output", BPD),
+    "layer_norm_scale": ("LayerNorm hook_scale", "scale", ("batch", "pos", "1")),
+    "layer_norm_normalized": ("LayerNorm hook_normalized", "normalized", BPD),
+    "bert_embed": ("BertEmbed", "embedding output", BPD),
+    **{name: (f"Attention hook_{name}", name, HEADS) for name in "qkv"},
+    "attention_scores": ("Attention scores", "scores", GRID),
+    "attention_pattern": ("Attention pattern", "pattern", GRID),
+    "attention_z": ("Attention z", "z", HEADS),
+    "attention_out": ("Attention output", "attention output", BPD),
+    "attention": ("Attention", "attention output", BPD),
+    "mlp_pre": ("MLP hook_pre", "pre", HIDDEN),
+    "mlp_post": ("MLP hook_post", "post", HIDDEN),
+    "mlp": ("MLP", "MLP output", BPD),
+    "block": ("BertBlock", "block output", BPD),
+    "mlm_head": ("MLM head", "MLM head output", BPD),
+    "unembed": ("Unembed", "logits", ("batch", "pos", "d_vocab")),
+    "pooler": ("Pooler", "pooled vector", ("batch", "d_model")),
+    "nsp_head": ("NSP head", "NSP logits", ("batch", "nsp_class")),
+}
+
+
+# The catalogues: for each step, (sentence, what that mistake makes from the step's inputs g).
+# A sentence may name g's fields ({act_fn!r}) and {means}, what the activation should be.
+
+
+def layer_norm_like(g, part="out", dim=-1, ddof=0, eps=None, eps_at="inside", centre=True,
+                    sqrt=True, affine="wb"):
+    """LayerNorm with one thing changed: its scale, normalized or output (part)."""
+    x, eps = g.x, g.cfg.eps if eps is None else eps
+    centred = x - x.mean(dim, keepdim=True)
+    var = (centred if centre else x).pow(2).sum(dim, keepdim=True) / (x.shape[dim] - ddof)
+    scale = var + eps if not sqrt else (var + eps).sqrt() if eps_at == "inside" else var.sqrt() + eps
+    normalized = (centred if centre else x) / scale
+    w, b = {"wb": (g.w, g.b), "w": (g.w, 0), "b": (1, g.b), "none": (1, 0), "bw": (g.b, g.w)}[affine]
+    return dict(scale=scale, normalized=normalized, out=normalized * w + b)[part]
+
+
+LAYER_NORM_MISTAKES = [
+    ("your scale is sqrt(var) + eps: put eps inside the square root, sqrt(var + eps)",
+     dict(eps_at="outside")),
+    ("your LayerNorm uses the unbiased variance (divides by n - 1): use the mean of squared "
+     "deviations (unbiased=False)", dict(ddof=1)),
+    ("your LayerNorm uses eps = 1e-5 (PyTorch's default): use self.eps, BERT's 1e-12", dict(eps=1e-5)),
+    ("your LayerNorm has no eps: add self.eps inside the square root", dict(eps=0.0)),
+    ("your LayerNorm takes mean and variance over the positions (dim 1): take them over d_model "
+     "(dim=-1)", dict(dim=1)),
+    ("your LayerNorm divides by var + eps, not by its square root: scale = sqrt(var + eps)",
+     dict(sqrt=False)),
+    ("your LayerNorm does not subtract the mean (an RMS norm): centre x first, x - mean",
+     dict(centre=False)),
+    ("your LayerNorm output lacks w and b: return normalized * self.w + self.b", dict(affine="none")),
+    ("your LayerNorm output lacks b: return normalized * self.w + self.b", dict(affine="w")),
+    ("your LayerNorm output lacks w: return normalized * self.w + self.b", dict(affine="b")),
+    ("your LayerNorm output has w and b swapped (normalized * b + w): normalized * self.w + self.b",
+     dict(affine="bw")),
+]
+
+
+def scores_like(g, divide_by=None, swap=False, mask="keys"):
+    """The attention scores with one thing changed: the scaling, q and k, or the mask."""
+    q, k = (g.k, g.q) if swap else (g.q, g.k)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / (divide_by or g.cfg.d_head ** 0.5)
+    keys, queries = g.key_is_padding[:, None, None, :], g.key_is_padding[:, None, :, None]
+    fill = dict(keys=keys, queries=queries, inverted=~keys, both=keys | queries).get(mask)
+    if fill is not None:
+        return scores.masked_fill(fill, torch.finfo(scores.dtype).min)
+    if mask == "added":
+        return scores + (~keys).to(scores.dtype)
+    return scores * (~keys).to(scores.dtype) if mask == "multiplied" else scores
+
+
+SCORES_MISTAKES = [
+    ("your scores equal q . k / sqrt(d_model): divide by sqrt(d_head)",
+     lambda g: scores_like(g, divide_by=g.cfg.d_model ** 0.5)),
+    ("your scores equal q . k / d_head: divide by sqrt(d_head)",
+     lambda g: scores_like(g, divide_by=g.cfg.d_head)),
+    ("your scores equal q . k with no scaling: divide by sqrt(d_head), before the softmax",
+     lambda g: scores_like(g, divide_by=1)),
+    ("your scores equal q . k * sqrt(d_head): divide by sqrt(d_head), don't multiply",
+     lambda g: scores_like(g, divide_by=g.cfg.d_head ** -0.5)),
+    ("your scores equal k . q (q and k swapped: keys on dim 2): queries on dim 2, keys on dim 3",
+     lambda g: scores_like(g, swap=True)),
+    ("your scores mask the padded queries (rows), not the padded keys: mask dim 3, "
+     "key_is_padding[:, None, None, :]", lambda g: scores_like(g, mask="queries")),
+    ("your scores mask the padded queries as well as the padded keys: mask only the keys",
+     lambda g: scores_like(g, mask="both")),
+    ("your scores mask the real tokens and keep the padded ones (the mask inverted): fill where "
+     "key_is_padding is True", lambda g: scores_like(g, mask="inverted")),
+    ("your scores add the 1/0 attention mask: give padded keys torch.finfo(dtype).min "
+     "(masked_fill)", lambda g: scores_like(g, mask="added")),
+    ("your scores are multiplied by the 1/0 mask (0 at padded keys): padded keys need "
+     "torch.finfo(dtype).min (masked_fill)", lambda g: scores_like(g, mask="multiplied")),
+    ("your scores are not masked: fill the padded keys (key_is_padding True) with "
+     "torch.finfo(dtype).min", lambda g: scores_like(g, mask=None)),
+]
+
+PATTERN_MISTAKES = [
+    ("your pattern is the softmax over the query dimension (dim=-2): take it over the keys "
+     "(dim=-1)", lambda g: g.scores.softmax(-2)),
+    ("your pattern is the softmax over the heads (dim=1): take it over the keys (dim=-1)",
+     lambda g: g.scores.softmax(1)),
+    ("your pattern is the scores, with no softmax: softmax over the keys (dim=-1)",
+     lambda g: g.scores),
+    ("your pattern is the softmax of the unmasked scores, masked afterwards: mask first, then "
+     "softmax (rows sum to 1)",
+     lambda g: scores_like(g, mask=None).softmax(-1).masked_fill(g.key_is_padding[:, None, None], 0)),
+    ("your pattern is exp(scores), not normalised: softmax over the keys (dim=-1)",
+     lambda g: g.scores.exp()),
+    ("your pattern is log_softmax of the scores: use softmax", lambda g: g.scores.log_softmax(-1)),
+    ("your pattern is the softmax of scores / sqrt(d_head): hook_attn_scores is already scaled, "
+     "don't divide again", lambda g: (g.scores / g.cfg.d_head ** 0.5).softmax(-1)),
+]
+
+Z_MISTAKES = [
+    ("your z uses the pattern transposed (queries and keys swapped): z[query] = sum over keys of "
+     "pattern[query, key] * v[key]", lambda g: torch.einsum("bhkq,bkhd->bqhd", g.pattern, g.v)),
+    ("your z sums over the query positions (it is indexed by keys): sum over key_pos, keep "
+     "query_pos", lambda g: g.pattern.sum(2).transpose(1, 2)[..., None] * g.v),
+    ("your z is the plain sum of v over the keys, without the pattern: weight each value by the "
+     "pattern", lambda g: g.v.sum(1, keepdim=True).expand_as(g.v)),
+]
+
+
+def attention_out_like(g, merge_right=True, b_O_times=1, heads="sum"):
+    """Attention's output with one thing changed: how heads merge, b_O, sum or mean."""
+    if not merge_right:  # z flattened as [d_head, head_index], W_O's rows as [head_index, d_head]
+        z = g.z.transpose(2, 3)
+        return z.reshape(*z.shape[:2], -1) @ g.W_O.reshape(-1, g.W_O.shape[-1]) + g.b_O
+    per_head = torch.einsum("bphd,hdm->bphm", g.z, g.W_O)  # [batch, pos, head_index, d_model]
+    return (per_head.sum(2) if heads == "sum" else per_head.mean(2)) + b_O_times * g.b_O
+
+
+OUT_MISTAKES = [
+    ("your output merges the heads in the wrong order ([d_head, head_index]): flatten z as "
+     "[head_index, d_head], the order of W_O's rows", lambda g: attention_out_like(g, merge_right=False)),
+    ("your output lacks b_O: add it once, after summing the heads",
+     lambda g: attention_out_like(g, b_O_times=0)),
+    ("your output adds b_O once per head: add it once, after summing the heads",
+     lambda g: attention_out_like(g, b_O_times=g.cfg.n_heads)),
+    ("your output averages the heads: sum them", lambda g: attention_out_like(g, heads="mean")),
+]
+
+
+def qkv_mistakes(name):
+    """q, k or v made with another projection's weight or bias, or without its bias."""
+    wanted, mistakes = name.upper(), []
+    for weight, bias in itertools.product("QKV", [*"QKV", None]):
+        if (weight, bias) != (wanted, wanted):
+            did = f"resid @ W_{weight}" + (f" + b_{bias}" if bias else ", no bias")
+            mistakes.append((f"your {name} equals {did}: use W_{wanted} and b_{wanted}",
+                             lambda g, w=weight, b=bias: torch.einsum(
+                                 "bpm,hmd->bphd", g.resid, getattr(g, f"W_{w}"))
+                             + (getattr(g, f"b_{b}") if b else 0)))
+    return mistakes
+
+
+ACT_MEANS = {"gelu": "the exact erf GELU, F.gelu(x)", "relu": "F.relu(x)",
+             "gelu_new": "the tanh approximation, F.gelu(x, approximate='tanh')",
+             "gelu_pytorch_tanh": "the tanh approximation, F.gelu(x, approximate='tanh')",
+             "silu": "F.silu(x) = x * sigmoid(x)", "swish": "F.silu(x) = x * sigmoid(x)"}
+ACT_FORMS = {"the exact erf GELU": torch.nn.functional.gelu, "the tanh GELU": hb.gelu_tanh,
+             "ReLU": torch.relu, "SiLU": torch.nn.functional.silu, "sigmoid": torch.sigmoid,
+             "tanh": torch.tanh, "the sigmoid GELU x * sigmoid(1.702 x)":
+             lambda x: x * torch.sigmoid(1.702 * x)}
+
+
+def mlp_like(g, act=None, act_at="hidden", b_in=True, b_out=True):
+    act = act or hb.ACTIVATIONS[g.act_fn]
+    pre = g.x @ g.W_in + (g.b_in if b_in else 0)
+    out = (act(pre) if act_at == "hidden" else pre) @ g.W_out + (g.b_out if b_out else 0)
+    return act(out) if act_at == "output" else out
+
+
+CANDIDATES = {
+    "activation": [(f"your {{act_fn!r}} equals {form}: {{act_fn!r}} is {{means}}",
+                    lambda g, f=f: f(g.x)) for form, f in ACT_FORMS.items()],
+    "embed": [("your token embedding is W_E[tokens] * sqrt(d_model) (as in 'Attention is all you "
+               "need'): BERT does not scale it", lambda g: g.W_E[g.tokens] * g.cfg.d_model ** 0.5)],
+    "pos_embed": [
+        ("your positions count from 1: count 0, 1, 2, ... (torch.arange(n_pos))",
+         lambda g: g.W_pos[1:g.tokens.shape[1] + 1].expand(*g.tokens.shape, -1)),
+        ("your position embedding looks up the token ids: look up the positions 0..n_pos-1",
+         lambda g: g.W_pos[g.tokens]),
+        ("your positions are all 0: use torch.arange(n_pos)",
+         lambda g: g.W_pos[0].expand(*g.tokens.shape, -1))],
+    "token_type_embed": [("your token types are all 0 (sentence A): look up token_type_ids",
+                          lambda g: g.W_token_type[0].expand(*g.token_type_ids.shape, -1))],
+    **{step: [(sentence, lambda g, knobs=knobs, part=part: layer_norm_like(g, part, **knobs))
+              for sentence, knobs in LAYER_NORM_MISTAKES]
+       for step, part in (("layer_norm", "out"), ("layer_norm_scale", "scale"))},
+    "layer_norm_normalized": [
+        ("your normalized already has w and b: hook_normalized is (x - mean) / scale, before them",
+         lambda g: (g.x - g.x.mean(-1, keepdim=True)) / g.scale * g.w + g.b),
+        ("your normalized does not subtract the mean: (x - mean) / scale",
+         lambda g: g.x / g.scale),
+        ("your normalized multiplies by the scale: divide, (x - mean) / scale",
+         lambda g: (g.x - g.x.mean(-1, keepdim=True)) * g.scale)],
+    **{name: qkv_mistakes(name) for name in "qkv"},
+    "attention_scores": SCORES_MISTAKES,
+    "attention_pattern": PATTERN_MISTAKES,
+    "attention_z": Z_MISTAKES,
+    "attention_out": OUT_MISTAKES,
+    "mlp_pre": [("your pre lacks b_in: x @ W_in + b_in", lambda g: g.x @ g.W_in),
+                ("your pre already has the activation: hook_pre is x @ W_in + b_in, before it",
+                 lambda g: hb.ACTIVATIONS[g.act_fn](g.x @ g.W_in + g.b_in))],
+    "mlp_post": [(f"your post equals {form} of pre: cfg.act_fn is {{act_fn!r}}, {{means}}",
+                  lambda g, f=f: f(g.pre)) for form, f in ACT_FORMS.items()],
+    "mlp": [*[(f"your MLP uses {form}: cfg.act_fn is {{act_fn!r}}, {{means}}",
+               lambda g, f=f: mlp_like(g, act=f)) for form, f in ACT_FORMS.items()],
+            ("your MLP applies the activation to its output, not between the layers: "
+             "act(x @ W_in + b_in) @ W_out + b_out", lambda g: mlp_like(g, act_at="output")),
+            ("your MLP has no activation: act(x @ W_in + b_in) @ W_out + b_out",
+             lambda g: mlp_like(g, act_at=None)),
+            ("your MLP lacks b_in: act(x @ W_in + b_in) @ W_out + b_out",
+             lambda g: mlp_like(g, b_in=False)),
+            ("your MLP lacks b_out: act(x @ W_in + b_in) @ W_out + b_out",
+             lambda g: mlp_like(g, b_out=False))],
+    "unembed": [("your logits lack b_U, the decoder bias: x @ W_U + b_U", lambda g: g.x @ g.W_U),
+                ("your logits are probabilities (a softmax): return x @ W_U + b_U",
+                 lambda g: (g.x @ g.W_U + g.b_U).softmax(-1))],
+    "pooler": [
+        ("your pooler takes the mean over positions: take the first token, resid[:, 0]",
+         lambda g: torch.tanh(g.resid.mean(1) @ g.W + g.b)),
+        ("your pooler takes the last token: take the first, resid[:, 0] ([CLS])",
+         lambda g: torch.tanh(g.resid[:, -1] @ g.W + g.b)),
+        ("your pooler has no tanh: tanh(resid[:, 0] @ W + b)", lambda g: g.resid[:, 0] @ g.W + g.b),
+        ("your pooler adds b after the tanh: tanh(resid[:, 0] @ W + b)",
+         lambda g: torch.tanh(g.resid[:, 0] @ g.W) + g.b)],
+    "nsp_head": [("your NSP logits lack b: pooled @ W + b", lambda g: g.pooled @ g.W),
+                 ("your NSP logits are probabilities (a softmax): return pooled @ W + b",
+                  lambda g: (g.pooled @ g.W + g.b).softmax(-1)),
+                 ("your NSP logits go through a tanh: pooled @ W + b, nothing after",
+                  lambda g: torch.tanh(g.pooled @ g.W + g.b))],
+}
 
 
 # =============================================================================================
@@ -1988,6 +2577,82 @@ def test_a_hook_of_the_wrong_shape_on_a_standalone_component_names_the_hook():
         attn(torch.zeros(2, 5, 16))
     assert str(error.value) == ("a forward hook on hook_q returned shape (2, 2, 5, 8), where "
                                 "hook_q has shape (2, 5, 2, 8): return None or a tensor of that shape")
+
+
+# --- The diagnosis: hand-made wrong tensors get the right sentence ---------------------------
+
+
+def diagnosis_of(actual, expected, step, given):
+    """The first paragraph of check()'s failure for `actual`, or None if check passes."""
+    try:
+        check(actual, expected, "THE HINT", step=step, given=given)
+    except AssertionError as error:
+        return str(error).split("\n\n")[0]
+    return None
+
+
+@small_only
+def test_diagnosis_names_the_shape_of_a_difference(ref):
+    """Structural signatures, on steps whose catalogue has no such mistake (cfg: d_head 12)."""
+    g = attention_inputs(ref, 0)
+    z, pattern, scores, out = g["z"], g["pattern"], g["scores"], ref.outputs[
+        "bert.encoder.layer.0.attention.output.dense"]
+    padded_keys = ref.key_is_padding[:, None, None, :].expand_as(scores)
+    cases = [
+        (z * 12 ** 0.5, "attention_z", "Attention z: your z is the reference times sqrt(d_head)"),
+        (z / 3, "attention_z", "divided by 3"),
+        (z.transpose(1, 2), "attention_z", "laid out [batch, head_index, pos, d_head]; expected "
+                                           "[batch, pos, head_index, d_head] = (3, 11, 4, 12)"),
+        (z.roll(1, dims=2), "attention_z", "head_index entries in another order (rolled by 1"),
+        (pattern.transpose(2, 3), "attention_pattern", "with query_pos and key_pos swapped"),
+        (scores.masked_fill(padded_keys, -1e9), "attention_scores",
+         "differ from the reference only at padded key positions (you: -1e+09"),
+        (out + g["b_O"], "attention_out", "off by exactly b_O: you add b_O twice"),
+        (pattern.softmax(0), "attention_pattern", "sums to 1 over batch"),
+        (torch.where(padded_keys, float("nan"), pattern), "attention_pattern",
+         "has NaN only at padded key positions"),
+        (z.float(), "attention_z", "dtype torch.float32"),
+        (g["v"].clone(), "attention_z", "your z is v, unchanged"),
+    ]
+    references = dict(attention_z=z, attention_pattern=pattern, attention_scores=scores,
+                      attention_out=out)
+    for wrong, step, says in cases:
+        diagnosis = diagnosis_of(wrong, references[step], step, g)
+        assert says in (diagnosis or ""), f"expected {says!r} in: {diagnosis}"
+    assert diagnosis_of(z.clone(), z, "attention_z", g) is None, "a right tensor: no failure"
+    noise = z + torch.randn_like(z)
+    assert diagnosis_of(noise, z, "attention_z", g) == "THE HINT", "nothing fits: the hint first"
+
+
+@small_only
+def test_diagnosis_names_catalogued_mistakes_and_tells_similar_ones_apart(ref):
+    g = attention_inputs(ref, 0)
+    cases = [
+        (scores_like(SimpleNamespace(**g), divide_by=48 ** 0.5), "q . k / sqrt(d_model)"),
+        (scores_like(SimpleNamespace(**g), divide_by=12 ** -0.5), "q . k * sqrt(d_head)"),
+        (scores_like(SimpleNamespace(**g), divide_by=1), "with no scaling"),  # or after the softmax
+        (scores_like(SimpleNamespace(**g), swap=True), "k . q (q and k swapped"),
+        (scores_like(SimpleNamespace(**g), mask="queries"), "mask the padded queries"),
+    ]
+    for wrong, says in cases:
+        diagnosis = diagnosis_of(wrong, g["scores"], "attention_scores", g)
+        assert diagnosis.startswith("Attention scores: your scores") and says in diagnosis, diagnosis
+        assert "swapped" not in diagnosis or "k . q" in says, diagnosis
+
+
+def test_diagnosis_names_randomness_left_on_in_eval():
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hook_x = hb.HookPoint()
+
+        def forward(self, x):
+            return self.hook_x(torch.nn.functional.dropout(x, 0.5))  # training=True by default
+
+    x = torch.ones(2, 5, 8, dtype=torch.float64)
+    seen = run_until(Noisy().eval(), (x,), "hook_x", "THE HINT")
+    assert "changes between two calls in eval() mode" in diagnosis_of(seen["hook_x"], x,
+                                                                      "embed", {})
 
 
 # --- Self-contained: importing needs only torch ----------------------------------------------

@@ -1,19 +1,26 @@
-"""Do the tests catch the classic BERT mistakes, and point at the right component?
+"""Do the tests catch the classic BERT mistakes, point at the right component, and name them?
 
 For each mistake below, this script writes a copy of hooked_bert.py with that mistake into a
-temporary folder, runs test_hooked_bert.py against it, and checks that
-  1. the test of the component with the mistake fails,
-  2. its failure message carries that test's hint, and
-  3. the tests of the components before it in the file still pass.
-It prints a table and exits 1 if any mistake goes uncaught. Takes two or three minutes:
-    python scripts/check_tests_catch_bugs.py
+temporary folder and runs test_hooked_bert.py's component tests against it, in file order, up
+to the test that must catch it, stopping at the first failure (-x). Per mistake it reports
+  caught     a test fails;
+  localised  the first failing test is that mistake's own component's (step's) test;
+  named      that failure's first paragraph (what the board shows first) contains the words
+             of the diagnosis, e.g. "q . k / sqrt(d_model)".
+MISTAKES have a candidate in the diagnosis catalogues of test_hooked_bert.py; UNLISTED ones have
+none, and must be named by a structural signature of the difference (a factor, a permutation,
+padding only, randomness, ...). Exits 1 if a mistake is not caught and localised, or a listed
+one is not named. About two minutes with two jobs:
+    python scripts/check_tests_catch_bugs.py [--only WORDS] [--jobs 2] [--show]
 """
 
-import re
+import argparse
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,47 +38,49 @@ COMPONENT_TESTS = [
     "test_pooler", "test_nsp_head", "test_convert_hf_state_dict_splits_heads_and_transposes",
 ]
 
-# (mistake, text in hooked_bert.py, the mistaken text, the test that must catch it, words of its hint)
+# (mistake, text in hooked_bert.py, the mistaken text, the test that must catch it, words its
+# failure's first paragraph must contain). Several edits: a tuple of texts and one of mistaken
+# texts. The first 24 are the classic ones; then more, one per catalogued candidate or so.
 MISTAKES = [
     ("tanh GELU instead of the exact erf GELU",
      '"gelu": F.gelu,', '"gelu": lambda x: F.gelu(x, approximate="tanh"),',
-     "test_activation_functions", "exact erf GELU"),
+     "test_activation_functions", "equals the tanh GELU"),
     ("position ids start at 1",
      "positions = torch.arange(n_pos, device", "positions = 1 + torch.arange(n_pos, device",
-     "test_pos_embed", "not from 1"),
+     "test_pos_embed", "count from 1"),
     ("eps outside the square root",
      "(x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()", "x.pow(2).mean(-1, keepdim=True).sqrt() + self.eps",
-     "test_layer_norm", "INSIDE the square root"),
+     "test_layer_norm", "sqrt(var) + eps"),
     ("PyTorch's default eps 1e-5 instead of BERT's 1e-12",
      "self.eps = cfg.eps", "self.eps = 1e-5",
-     "test_layer_norm", "eps = 1e-12"),
+     "test_layer_norm", "eps = 1e-5"),
     ("unbiased variance (divides by n - 1)",
      "(x.pow(2).mean(-1, keepdim=True) + self.eps)", "(x.var(-1, keepdim=True) + self.eps)",
-     "test_layer_norm", "biased variance"),
+     "test_layer_norm", "unbiased variance"),
     ("hook_normalized after * w + b (TransformerLens hooks it before)",
      "normalized = self.hook_normalized(x / scale)\n        return (normalized * self.w + self.b).to(dtype)",
      "normalized = self.hook_normalized(x / scale * self.w + self.b)\n        return normalized.to(dtype)",
-     "test_layer_norm_normalized_hook", "BEFORE multiplying by w"),
+     "test_layer_norm_normalized_hook", "already has w and b"),
     ("token-type embeddings not added",
      "self.ln(embed + pos_embed + token_type_embed)", "self.ln(embed + pos_embed)",
      "test_bert_embed", "token-type embeddings"),
     ("scores scaled by sqrt(d_model) instead of sqrt(d_head)",
      "/ math.sqrt(self.cfg.d_head)", "/ math.sqrt(self.cfg.d_model)",
-     "test_attention_scores", "sqrt(d_head)"),
+     "test_attention_scores", "q . k / sqrt(d_model)"),
     ("q and k swapped in the score einsum",
      'key_pos", q, k,', 'key_pos", k, q,',
-     "test_attention_scores", "swap q and k"),
+     "test_attention_scores", "k . q (q and k swapped"),
     ("padded keys not masked",
      "if key_is_padding is not None:", "if False:",
-     "test_attention_scores", "padded keys"),
+     "test_attention_scores", "not masked"),
     ("softmax over the query dimension",
      "attn_scores.softmax(dim=-1)", "attn_scores.softmax(dim=-2)",
-     "test_attention_pattern", "KEY dimension"),
+     "test_attention_pattern", "over the query dimension"),
     ("heads merged in the wrong order",
      'attn_out = einsum(\n                "batch pos head_index d_head, head_index d_head d_model -> batch pos d_model",\n'
      '                z, self.W_O,\n            )',
      "attn_out = z.transpose(2, 3).reshape(*z.shape[:2], -1) @ self.W_O.reshape(-1, self.W_O.shape[-1])",
-     "test_attention_out", "merged in the same order"),
+     "test_attention_out", "heads in the wrong order"),
     ("residual added to the pre-LayerNorm stream (LayerNorm order)",
      "resid_post = self.hook_resid_post(normalized_resid_mid + mlp_out)", "resid_post = self.hook_resid_post(resid_mid + mlp_out)",
      "test_block", "post-LN"),
@@ -80,13 +89,13 @@ MISTAKES = [
      "test_mlm_head", "dense, then the activation, then LayerNorm"),
     ("MLM decoder bias forgotten",
      "logits += self.b_U", "logits += 0",
-     "test_unembed", "decoder bias"),
+     "test_unembed", "lack b_U"),
     ("pooler on the mean instead of the first token",
      "cls_token = resid[:, 0]", "cls_token = resid.mean(dim=1)",
-     "test_pooler", "FIRST token"),
+     "test_pooler", "mean over positions"),
     ("pooler without tanh",
      "return self.hook_pooler_out(torch.tanh(pooled + self.b))", "return self.hook_pooler_out(pooled + self.b)",
-     "test_pooler", "tanh"),
+     "test_pooler", "no tanh"),
     # The kinds of mistake a student's half-written code makes besides a wrong formula:
     ("a step whose hook is never called",
      "attn_scores = self.hook_attn_scores(attn_scores)", "attn_scores = attn_scores",
@@ -94,7 +103,7 @@ MISTAKES = [
     ("a crash inside a component (a bias of the wrong shape)",
      "k = self.hook_k(einsum(project, resid, self.W_K) + self.b_K)",
      "k = self.hook_k(einsum(project, resid, self.W_K) + self.b_K.T)",
-     "test_attention_qkv", "Hint: Attention q, k, v"),
+     "test_attention_qkv", "Attention.forward raised RuntimeError"),
     ("PosEmbed returns a view of W_pos",
      "return self.W_pos[positions]", "return self.W_pos[:n_pos].expand(batch, n_pos, -1)",
      "test_pos_embed", "not a view of W_pos"),
@@ -104,63 +113,236 @@ MISTAKES = [
      "test_bert_embed_without_token_types", "sentence A (token type 0)"),
     ("a crash inside a component (an index out of range)",
      "return self.W_pos[positions]", "return self.W_pos[positions + self.W_pos.shape[0]]",
-     "test_pos_embed", "Hint: PosEmbed"),
+     "test_pos_embed", "PosEmbed.forward raised IndexError"),
     ("loader: heads split from the wrong dimension",
      "w.T.reshape(d_model, n_heads, d_head).permute(1, 0, 2)", "w.reshape(n_heads, d_model, d_head)",
      "test_convert_hf_state_dict_splits_heads_and_transposes", "split the OUT dimension"),
     ("loader: an [out, in] weight not transposed",
      "transpose = lambda w: w.T", "transpose = lambda w: w",
      "test_convert_hf_state_dict_splits_heads_and_transposes", "[out, in]"),
+    # More mistakes a catalogue candidate names:
+    ("scores divided by d_head", "/ math.sqrt(self.cfg.d_head)", "/ self.cfg.d_head",
+     "test_attention_scores", "q . k / d_head"),
+    ("scores not scaled", ") / math.sqrt(self.cfg.d_head)", ")",
+     "test_attention_scores", "with no scaling"),
+    ("scores multiplied by sqrt(d_head)", "/ math.sqrt(self.cfg.d_head)", "* math.sqrt(self.cfg.d_head)",
+     "test_attention_scores", "q . k * sqrt(d_head)"),
+    ("scores scaled after the softmax",
+     (") / math.sqrt(self.cfg.d_head)", "self.hook_pattern(attn_scores.softmax(dim=-1))"),
+     (")", "self.hook_pattern(attn_scores.softmax(dim=-1) / math.sqrt(self.cfg.d_head))"),
+     "test_attention_scores", "with no scaling"),
+    ("padding mask on the queries", "padding = key_is_padding[:, None, None, :]",
+     "padding = key_is_padding[:, None, :, None]", "test_attention_scores", "mask the padded queries"),
+    ("padding mask inverted", "attn_scores.masked_fill(padding,", "attn_scores.masked_fill(~padding,",
+     "test_attention_scores", "mask inverted"),
+    ("the 1/0 mask added to the scores",
+     "attn_scores = attn_scores.masked_fill(padding, torch.finfo(attn_scores.dtype).min)",
+     "attn_scores = attn_scores + (~padding).to(attn_scores.dtype)",
+     "test_attention_scores", "add the 1/0 attention mask"),
+    ("scores multiplied by the 1/0 mask",
+     "attn_scores = attn_scores.masked_fill(padding, torch.finfo(attn_scores.dtype).min)",
+     "attn_scores = attn_scores * (~padding).to(attn_scores.dtype)",
+     "test_attention_scores", "multiplied by the 1/0 mask"),
+    ("mask applied to the pattern, after the softmax",
+     ("if key_is_padding is not None:", "self.hook_pattern(attn_scores.softmax(dim=-1))"),
+     ("if False:", "self.hook_pattern(attn_scores.softmax(dim=-1).masked_fill("
+      "key_is_padding[:, None, None, :], 0))"), "test_attention_scores", "not masked"),
+    ("softmax over the heads", "attn_scores.softmax(dim=-1)", "attn_scores.softmax(dim=1)",
+     "test_attention_pattern", "over the heads"),
+    ("no softmax", "self.hook_pattern(attn_scores.softmax(dim=-1))", "self.hook_pattern(attn_scores)",
+     "test_attention_pattern", "no softmax"),
+    ("exp of the scores, not normalised", "attn_scores.softmax(dim=-1)", "attn_scores.exp()",
+     "test_attention_pattern", "not normalised"),
+    ("scores scaled again before the softmax", "attn_scores.softmax(dim=-1)",
+     "(attn_scores / math.sqrt(self.cfg.d_head)).softmax(dim=-1)",
+     "test_attention_pattern", "already scaled"),
+    ("pattern transposed in z", '"batch head_index query_pos key_pos, batch key_pos head_index d_head "',
+     '"batch head_index key_pos query_pos, batch key_pos head_index d_head "',
+     "test_attention_z", "pattern transposed"),
+    ("z summed over the queries", '"-> batch query_pos head_index d_head", pattern, v,',
+     '"-> batch key_pos head_index d_head", pattern, v,',
+     "test_attention_z", "sums over the query positions"),
+    ("b_O forgotten", "return attn_out + self.b_O  # [batch, pos, d_model]",
+     "return attn_out  # [batch, pos, d_model]", "test_attention_out", "lacks b_O"),
+    ("b_O added once per head", "return attn_out + self.b_O  # [batch, pos, d_model]",
+     "return attn_out + self.cfg.n_heads * self.b_O", "test_attention_out", "once per head"),
+    ("heads averaged, not summed", "return attn_out + self.b_O  # [batch, pos, d_model]",
+     "return attn_out / self.cfg.n_heads + self.b_O", "test_attention_out", "averages the heads"),
+    ("q computed with W_K", "q = self.hook_q(einsum(project, resid, self.W_Q) + self.b_Q)",
+     "q = self.hook_q(einsum(project, resid, self.W_K) + self.b_Q)",
+     "test_attention_qkv", "resid @ W_K + b_Q"),
+    ("v without its bias", "v = self.hook_v(einsum(project, resid, self.W_V) + self.b_V)",
+     "v = self.hook_v(einsum(project, resid, self.W_V))", "test_attention_qkv", "W_V, no bias"),
+    ("tanh GELU in the MLP", "post = self.hook_post(self.act_fn(pre))",
+     'post = self.hook_post(F.gelu(pre, approximate="tanh"))', "test_mlp_post", "tanh GELU of pre"),
+    ("ReLU in the MLP", "post = self.hook_post(self.act_fn(pre))", "post = self.hook_post(F.relu(pre))",
+     "test_mlp_post", "ReLU of pre"),
+    ("b_in forgotten", "x, self.W_in) + self.b_in)", "x, self.W_in))", "test_mlp_pre", "lacks b_in"),
+    ("activation on the MLP's output instead of its hidden layer",
+     ("post = self.hook_post(self.act_fn(pre))", "return out + self.b_out  # [batch, pos, d_model]"),
+     ("post = self.hook_post(pre)", "return self.act_fn(out + self.b_out)"),
+     "test_mlp_post", "post is pre, unchanged"),
+    ("LayerNorm without w and b", "return (normalized * self.w + self.b).to(dtype)",
+     "return normalized.to(dtype)", "test_layer_norm", "lacks w and b"),
+    ("LayerNorm with w and b swapped", "return (normalized * self.w + self.b).to(dtype)",
+     "return (normalized * self.b + self.w).to(dtype)", "test_layer_norm", "w and b swapped"),
+    ("LayerNorm statistics over the positions",
+     ("x = x - x.mean(-1, keepdim=True)", "(x.pow(2).mean(-1, keepdim=True) + self.eps)"),
+     ("x = x - x.mean(1, keepdim=True)", "(x.pow(2).mean(1, keepdim=True) + self.eps)"),
+     "test_layer_norm", "over the positions"),
+    ("LayerNorm without eps", "self.eps = cfg.eps", "self.eps = 0.0",
+     "test_layer_norm", "has no eps"),
+    ("LayerNorm does not subtract the mean", "x = x - x.mean(-1, keepdim=True)", "x = x",
+     "test_layer_norm", "does not subtract the mean"),
+    ("LayerNorm divides by the variance", "(x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()",
+     "(x.pow(2).mean(-1, keepdim=True) + self.eps)", "test_layer_norm", "not by its square root"),
+    ("token embedding scaled by sqrt(d_model)",
+     "return F.embedding(tokens, self.W_E, padding_idx=self.pad_token_id)",
+     "return F.embedding(tokens, self.W_E, padding_idx=self.pad_token_id) * self.W_E.shape[1] ** 0.5",
+     "test_embed", "W_E[tokens] * sqrt(d_model)"),
+    ("token types ignored (all sentence A)", "return self.W_token_type[token_type_ids]",
+     "return self.W_token_type[torch.zeros_like(token_type_ids)]",
+     "test_token_type_embed", "token types are all 0"),
+    ("pooler on the last token", "cls_token = resid[:, 0]", "cls_token = resid[:, -1]",
+     "test_pooler", "last token"),
+    ("pooler adds its bias after the tanh", "torch.tanh(pooled + self.b)", "torch.tanh(pooled) + self.b",
+     "test_pooler", "adds b after the tanh"),
+    ("softmax on the MLM logits", "return self.hook_out(logits)", "return self.hook_out(logits.softmax(-1))",
+     "test_unembed", "probabilities"),
+    ("NSP bias forgotten", "return self.hook_nsp_out(nsp_logits + self.b)",
+     "return self.hook_nsp_out(nsp_logits)", "test_nsp_head", "lack b"),
 ]
 
+# Mistakes no catalogue candidate describes: a structural signature must name them.
+UNLISTED = [
+    ("scores divided by 3 * sqrt(d_head)", "/ math.sqrt(self.cfg.d_head)",
+     "/ (3 * math.sqrt(self.cfg.d_head))", "test_attention_scores", "divided by 3"),
+    ("padded keys get -10000 (old BERT's value), not the dtype's minimum",
+     "torch.finfo(attn_scores.dtype).min)", "-10000.0)",
+     "test_attention_scores", "only at padded key positions"),
+    ("q's heads rolled by one", "q = self.hook_q(einsum(project, resid, self.W_Q) + self.b_Q)",
+     "q = self.hook_q((einsum(project, resid, self.W_Q) + self.b_Q).roll(1, dims=2))",
+     "test_attention_qkv", "rolled by 1"),
+    ("positions reversed", "positions = torch.arange(n_pos, device",
+     "positions = torch.arange(n_pos - 1, -1, -1, device", "test_pos_embed", "reversed"),
+    ("the last position clamped to the one before",
+     "positions = torch.arange(n_pos, device=tokens.device)",
+     "positions = torch.arange(n_pos, device=tokens.device).clamp(max=n_pos - 2)",
+     "test_pos_embed", "only at pos 10"),
+    ("LayerNorm statistics over the batch",
+     ("x = x - x.mean(-1, keepdim=True)", "(x.pow(2).mean(-1, keepdim=True) + self.eps)"),
+     ("x = x - x.mean(0, keepdim=True)", "(x.pow(2).mean(0, keepdim=True) + self.eps)"),
+     "test_layer_norm", "mean 0 and variance 1 over batch"),
+    ("b_in added twice", "x, self.W_in) + self.b_in)", "x, self.W_in) + 2 * self.b_in)",
+     "test_mlp_pre", "you add b_in twice"),
+    ("b_out added twice", "return out + self.b_out  # [batch, pos, d_model]",
+     "return out + 2 * self.b_out", "test_mlp", "you add b_out twice"),
+    ("attention dropout left on in eval()", "pattern = self.dropout(pattern)",
+     "pattern = F.dropout(pattern, self.cfg.attention_dropout)",
+     "test_attention_z", "changes between two calls"),
+    ("z with the heads before the positions", '"-> batch query_pos head_index d_head", pattern, v,',
+     '"-> batch head_index query_pos d_head", pattern, v,',
+     "test_attention_z", "laid out [batch, head_index, pos, d_head]"),
+    ("padded tokens' z zeroed", "        # Each head writes back through its own W_O",
+     "        z = z.masked_fill(key_is_padding[:, :, None, None], 0)\n"
+     "        # Each head writes back through its own W_O",
+     "test_attention_out", "only at padded positions"),
+    ("MLM logits in float32", "logits += self.b_U", "logits = logits.float() + self.b_U.float()",
+     "test_unembed", "dtype torch.float32"),
+    ("a log on the MLM logits", "return self.hook_out(logits)", "return self.hook_out(logits.log())",
+     "test_unembed", "have NaN"),
+    ("pooler's batch rows reversed", "cls_token = resid[:, 0]", "cls_token = resid.flip(0)[:, 0]",
+     "test_pooler", "batch entries in another order (reversed)"),
+    ("NSP logits in the other order", "return self.hook_nsp_out(nsp_logits + self.b)",
+     "return self.hook_nsp_out((nsp_logits + self.b).flip(-1))",
+     "test_nsp_head", "nsp_class entries in another order"),
+]
 
-def run_tests(folder: Path) -> tuple[dict[str, bool], str]:
-    """Run the test file in `folder`; returns ({test function: all its cases passed}, output)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "--tb=short", "-p", "no:cacheprovider",
-         "test_hooked_bert.py", "-k", " or ".join(COMPONENT_TESTS)],
-        cwd=folder, capture_output=True, text=True,
-    )
-    passed: dict[str, bool] = {}
-    for outcome, test in re.findall(r"^(PASSED|FAILED|ERROR) test_hooked_bert\.py::(\w+)", result.stdout, re.M):
-        passed[test] = passed.get(test, True) and outcome == "PASSED"
-    return passed, result.stdout
+# A plugin for the run: writes the first failing test and its failure's first paragraph.
+PROBE = '''
+import json, pytest
+FIRST = {}
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.failed and not FIRST and call.excinfo is not None:
+        error = call.excinfo.value
+        text = (getattr(error, "hint", None) or str(error)).strip()
+        FIRST.update(test=item.originalname or item.name, paragraph=text.split("\\n\\n")[0])
+def pytest_sessionfinish(session):
+    with open("first_failure.json", "w") as file:
+        json.dump(FIRST, file)
+'''
 
 
-def failure_report(output: str, test: str) -> str:
-    """The part of pytest's output that reports the failures of `test` (all its cases)."""
-    parts = re.split(r"^_{3,} (\S+) _{3,}$", output, flags=re.M)  # [before, name, report, name, report, ...]
-    return "".join(report for name, report in zip(parts[1::2], parts[2::2]) if name.split("[")[0] == test)
+def mistaken(source: str, mistake: str, old, new) -> str:
+    for before, after in zip(*((old, new) if isinstance(old, tuple) else ((old,), (new,)))):
+        if source.count(before) != 1:
+            raise SystemExit(f"{mistake!r}: the text to change must occur exactly once in "
+                             f"hooked_bert.py: {before!r}")
+        source = source.replace(before, after)
+    return source
+
+
+def run(source: str, row: tuple) -> dict:
+    """Run the component tests up to `row`'s test on hooked_bert.py with `row`'s mistake."""
+    mistake, old, new, test, words = row
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "hooked_bert.py").write_text(mistaken(source, mistake, old, new))
+        for name in ("test_hooked_bert.py", "conftest.py"):  # the student's view: hints, board
+            shutil.copy(ROOT / name, folder)
+        (folder / "first_failure_probe.py").write_text(PROBE)
+        tests = COMPONENT_TESTS[:COMPONENT_TESTS.index(test) + 1]
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                        "-p", "first_failure_probe", *(f"test_hooked_bert.py::{t}" for t in tests)],
+                       cwd=folder, capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(folder)})
+        first = json.loads((folder / "first_failure.json").read_text() or "{}")
+    first_test, paragraph = first.get("test"), first.get("paragraph", "")
+    return dict(mistake=mistake, test=test, caught=first_test is not None,
+                localised=first_test == test, named=words in paragraph, first=first_test,
+                paragraph=paragraph)
+
+
+def table(title: str, results: list[dict], show: bool) -> None:
+    print(f"\n{title}")
+    header = ("mistake", "its test", "caught", "localised", "named")
+    rows = [(r["mistake"], r["test"].removeprefix("test_"), *("yes" if r[k] else "NO" for k in
+             ("caught", "localised", "named"))) for r in results]
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    for r in results:
+        if show or not (r["localised"] and r["named"]):
+            first = "" if r["localised"] else f" (first failing: {r['first']})"
+            print(f"  {r['mistake']}{first}:\n    {r['paragraph'][:300]}")
+    counts = {k: sum(r[k] for r in results) for k in ("caught", "localised", "named")}
+    print(f"{len(results)} mistakes: {counts['caught']} caught, {counts['localised']} localised, "
+          f"{counts['named']} named")
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="only the mistakes whose description contains this")
+    parser.add_argument("--jobs", type=int, default=2, help="mistakes checked at once")
+    parser.add_argument("--show", action="store_true", help="print every first paragraph")
+    args = parser.parse_args()
     source = (ROOT / "hooked_bert.py").read_text()
-    rows, all_caught = [], True
-    for mistake, old, new, test, hint in MISTAKES:
-        if source.count(old) != 1:
-            raise SystemExit(f"{mistake!r}: the text to change must occur exactly once in hooked_bert.py: {old!r}")
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "hooked_bert.py").write_text(source.replace(old, new))
-            shutil.copy(ROOT / "test_hooked_bert.py", folder)
-            shutil.copy(ROOT / "conftest.py", folder)  # the student's view: hints, one-line stubs
-            passed, output = run_tests(folder)
-        fails = passed.get(test) is False
-        hinted = hint in failure_report(output, test)
-        earlier = COMPONENT_TESTS[:COMPONENT_TESTS.index(test)]
-        broken_earlier = [name for name in earlier if passed.get(name) is False]
-        caught = fails and hinted and not broken_earlier
-        all_caught &= caught
-        later = [name for name in COMPONENT_TESTS[COMPONENT_TESTS.index(test) + 1:] if passed.get(name) is False]
-        rows.append((mistake, test, "yes" if fails else "NO", "yes" if hinted else "NO",
-                     "yes" if not broken_earlier else "NO: " + ", ".join(broken_earlier), len(later)))
-
-    header = ("mistake", "test that must fail", "fails", "hint shown", "earlier tests green", "later tests failing")
-    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths)] + rows:
-        print(" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
-    print("\nall mistakes caught" if all_caught else "\nSOME MISTAKES WERE NOT CAUGHT")
-    return 0 if all_caught else 1
+    chosen = {name: [row for row in rows if not args.only or args.only in row[0]]
+              for name, rows in (("listed", MISTAKES), ("unlisted", UNLISTED))}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = {name: list(pool.map(lambda row: run(source, row), rows))
+                   for name, rows in chosen.items()}
+    table("Mistakes the catalogues list:", results["listed"], args.show)
+    table("Mistakes no catalogue lists (named by the shape of the difference):",
+          results["unlisted"], args.show)
+    everything = results["listed"] + results["unlisted"]
+    good = all(r["caught"] and r["localised"] for r in everything) and all(
+        r["named"] for r in results["listed"])
+    print("\nevery mistake caught and localised, every listed one named" if good else
+          "\nSOME MISTAKES WERE NOT CAUGHT, LOCALISED OR NAMED")
+    return 0 if good else 1
 
 
 if __name__ == "__main__":
