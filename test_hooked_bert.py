@@ -6,8 +6,11 @@ copying code (not by hooked_bert's loader), and fed HuggingFace's own input for 
 component, each step is tested through its hooks: the test feeds HuggingFace's values into the
 hooks of the earlier steps, checks the hook of its own step, and stops the forward pass right
 after it. Sub-modules (the LayerNorm inside BertEmbed, the attention inside BertBlock, ...) are
-replaced by stand-ins that check their input and return HuggingFace's output. So a bug fails
-its own component's (step's) tests only, and its failure says what the mistake was.
+replaced by stand-ins: first ones that return random tensors, so that what each sub-module and
+hook got reads as a sum of those ("passes self.ln2 mlp(...) alone"), then ones that return
+HuggingFace's output. Each hook is also made to return a changed tensor, which the rest of the
+forward pass must use. So a bug fails its own component's (step's) tests only, and its failure
+says what the mistake was.
 
 Part 2, the helpers those tests use, and the diagnosis of a failure ("your scores equal
 q . k / sqrt(d_model): divide by sqrt(d_head)"). Part 3, the machinery: the whole model,
@@ -24,8 +27,10 @@ pytest -k attention_scores. (EXERCISES below, and the board, list them all.)
 """
 
 import copy
+import dataclasses
 import itertools
 import json
+import keyword
 import os
 import re
 
@@ -60,6 +65,10 @@ CONFIGS = {
 SMALL = CONFIGS["small"]
 BERT_BASE_WIDTH = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=2,
                        num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
+
+# The hint of the tests that make each hook of a component return a changed tensor.
+HOOKS_HINT = ("{}: go on with what each hook returns, x = self.hook_x(x): a user's hook may "
+              "replace it, and the rest of the forward pass must use the replacement")
 
 # For tests that need one reference, not one per config.
 small_only = pytest.mark.parametrize("ref", ["small"], indirect=True)
@@ -191,6 +200,14 @@ def test_layer_norm_normalized_hook(ref):
           step="layer_norm_normalized", given=lambda: layer_norm_inputs(ref, layer_norm, x, scale=scale))
 
 
+@exercise("LayerNorm")
+@small_only
+def test_layer_norm_uses_what_its_hooks_return(ref):
+    layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
+    uses_what_its_hooks_return(layer_norm, (ref.inputs["bert.embeddings.LayerNorm"],),
+                               HOOKS_HINT.format("LayerNorm"))
+
+
 # --- BertEmbed: the three embeddings, summed, then LayerNorm ---------------------------------
 
 
@@ -198,6 +215,9 @@ def test_layer_norm_normalized_hook(ref):
 def test_bert_embed(ref):
     hint = ("BertEmbed: token + position + token-type embeddings, then LayerNorm. Did you forget "
             "to add the token-type embeddings?")
+    inputs = dict(tokens=ref.tokens, token_type_ids=ref.token_type_ids)
+    Wiring(make_embed(ref.cfg, ref.hf.bert.embeddings), inputs, EMBED_FLOW,
+           (*ref.tokens.shape, ref.cfg.d_model)).check(hint)  # each value goes where it belongs
     embed = make_embed(ref.cfg, ref.hf.bert.embeddings)
     positions = ref.outputs["bert.embeddings.position_embeddings"].expand(*ref.tokens.shape, -1)
     embed.embed = recorded(ref, "bert.embeddings.word_embeddings", "BertEmbed.embed", hint)
@@ -312,6 +332,36 @@ def test_attention_does_not_modify_its_input(ref):
         "Attention must not modify its input in place")
 
 
+@exercise("Attention")
+@small_only
+def test_attention_uses_what_its_hooks_return(ref):
+    attn = make_attention(ref.cfg, ref.layer(0))
+    uses_what_its_hooks_return(attn, (ref.out.hidden_states[0], ref.key_is_padding),
+                               HOOKS_HINT.format("Attention"))
+
+
+@exercise("Attention")
+@small_only
+def test_attention_pattern_hook_is_before_dropout(ref):
+    """In train() mode, hook_pattern still holds the softmax; dropout comes after the hook."""
+    hint = ("Attention hook_pattern: the softmax of the scores, BEFORE dropout (pattern = "
+            "self.hook_pattern(...), then pattern = self.dropout(pattern))")
+    attn = make_attention(dataclasses.replace(ref.cfg, attention_dropout=0.5), ref.layer(0)).train()
+    expected = attention_reference(ref, 0)
+    feed = {name: expected[name] for name in ATTENTION_STEPS[:4]}  # q, k, v and the scores
+    torch.manual_seed(0)
+    seen = run_until(attn, (ref.out.hidden_states[0], ref.key_is_padding), "hook_z", hint, feed)
+    pattern, softmax = reached(seen, "Attention", "hook_pattern", hint), expected["hook_pattern"]
+    dropped = (pattern == 0) | torch.isclose(pattern, 2 * softmax)  # dropout p=0.5 scales by 2
+    if not same(pattern, softmax) and dropped.all():
+        raise AssertionError("your hook_pattern is taken after dropout (entries zeroed, the rest "
+                             f"doubled): call self.hook_pattern on the softmax, then self.dropout\n\n{hint}")
+    check(pattern, softmax, hint, step="attention_pattern", given=lambda: attention_inputs(ref, 0))
+    assert not same(seen["hook_z"], expected["hook_z"]), (
+        f"Attention in train() mode applies no dropout to the pattern: pattern = "
+        f"self.dropout(pattern), after hook_pattern\n\n{hint}")
+
+
 # --- MLP -------------------------------------------------------------------------------------
 
 
@@ -348,6 +398,13 @@ def test_mlp(ref, layer):
           given=lambda: mlp_inputs(ref, mlp, layer))
 
 
+@exercise("MLP")
+@small_only
+def test_mlp_uses_what_its_hooks_return(ref):
+    mlp = make_mlp(ref.cfg, ref.layer(0))
+    uses_what_its_hooks_return(mlp, (mlp_input(ref, 0),), HOOKS_HINT.format("MLP"))
+
+
 # --- BertBlock: post-LN wiring of attention, LayerNorm and MLP -------------------------------
 
 
@@ -356,6 +413,9 @@ def test_mlp(ref, layer):
 def test_block(ref, layer):
     hint = ("Block: BERT is post-LN: resid_mid = resid_pre + attn_out, then ln1; then + mlp_out, then "
             "ln2. Is each LayerNorm AFTER its residual add (not on the sublayer's input, as in GPT-2)?")
+    resid_pre = torch.randn(ref.out.hidden_states[layer].shape, dtype=torch.float64)
+    Wiring(make_block(ref.cfg, ref.layer(layer)), dict(resid_pre=resid_pre, key_is_padding=ref.key_is_padding),
+           BLOCK_FLOW, resid_pre.shape).check(hint)  # each value goes where it belongs, hooks too
     block = make_block(ref.cfg, ref.layer(layer))
     hf = f"bert.encoder.layer.{layer}"
     block.attn = StandIn("BertBlock.attn", (ref.out.hidden_states[layer], ref.key_is_padding),
@@ -380,6 +440,11 @@ def test_mlm_head(ref):
     hint = "MLM head: dense, then the activation, then LayerNorm, in that order"
     transform = ref.hf.cls.predictions.transform
     mlm_head = make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense)
+    resid = torch.randn(ref.out.hidden_states[-1].shape, dtype=torch.float64)
+    dense = (resid @ mlm_head.W + mlm_head.b).detach()
+    derived = {"(resid @ W + b)": dense, "act(resid @ W + b)": hb.ACTIVATIONS[ref.cfg.act_fn](dense)}
+    Wiring(make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense), dict(resid=resid),
+           MLM_HEAD_FLOW, resid.shape, derived).check(hint)
     mlm_head.ln = recorded(ref, "cls.predictions.transform.LayerNorm", "BertMLMHead.ln", hint)
     check(output_of(mlm_head, ref.out.hidden_states[-1], hint=hint),
           ref.outputs["cls.predictions.transform"], hint, step="mlm_head",
@@ -395,6 +460,14 @@ def test_unembed(ref):
           given=lambda: step_inputs(ref, x=x, **params_of(unembed)))
 
 
+@exercise("Unembed")
+@small_only
+def test_unembed_uses_what_its_hooks_return(ref):
+    unembed = make_unembed(ref.cfg, ref.hf.cls.predictions)
+    uses_what_its_hooks_return(unembed, (ref.outputs["cls.predictions.transform"],),
+                               HOOKS_HINT.format("Unembed"))
+
+
 @exercise("BertPooler")
 def test_pooler(ref):
     hint = ("Pooler: tanh(dense(final hidden state of the FIRST token, [CLS])): not the mean over "
@@ -405,6 +478,13 @@ def test_pooler(ref):
           given=lambda: step_inputs(ref, resid=resid, **params_of(pooler)))
 
 
+@exercise("BertPooler")
+@small_only
+def test_pooler_uses_what_its_hook_returns(ref):
+    pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
+    uses_what_its_hooks_return(pooler, (ref.out.hidden_states[-1],), HOOKS_HINT.format("Pooler"))
+
+
 @exercise("BertNSPHead")
 def test_nsp_head(ref):
     hint = "NSP head: pooled @ W + b, two logits per sequence"
@@ -412,6 +492,13 @@ def test_nsp_head(ref):
     pooled = ref.outputs["bert.pooler"]
     check(output_of(nsp_head, pooled, hint=hint), ref.out.seq_relationship_logits, hint,
           step="nsp_head", given=lambda: step_inputs(ref, pooled=pooled, **params_of(nsp_head)))
+
+
+@exercise("BertNSPHead")
+@small_only
+def test_nsp_head_uses_what_its_hook_returns(ref):
+    nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
+    uses_what_its_hooks_return(nsp_head, (ref.outputs["bert.pooler"],), HOOKS_HINT.format("NSP head"))
 
 
 # --- The loader: HuggingFace's weight layout -> ours -----------------------------------------
@@ -659,6 +746,158 @@ def same(got, expected):
 def recorded(ref, hf_name, what, hint):
     """A stand-in for HuggingFace's module `hf_name`, with the input and output it recorded."""
     return StandIn(what, (ref.inputs[hf_name],), ref.outputs[hf_name], hint)
+
+
+# Wiring: BertEmbed, BertBlock and the MLM head run with every sub-module and hook replaced by a
+# Source, which records what it got and returns a fresh random tensor. Then what each call got
+# can be read back as a sum of those values ("BertBlock.forward passes self.ln2 mlp(...)
+# alone"). A flow lists every call inside the component with what it must get: its
+# argument(s), each a sum of the component's inputs and of what calls returned (`ln1(...)` is
+# what self.ln1 returned).
+
+BLOCK_FLOW = {
+    "hook_resid_pre": "resid_pre", "attn": ("hook_resid_pre", "key_is_padding"),
+    "hook_attn_out": "attn", "hook_resid_mid": "hook_resid_pre + hook_attn_out",
+    "ln1": "hook_resid_mid", "mlp": "ln1", "hook_mlp_out": "mlp",
+    "hook_resid_post": "ln1 + hook_mlp_out", "ln2": "hook_resid_post",
+    "hook_normalized_resid_post": "ln2", "return": "hook_normalized_resid_post",
+}
+EMBED_FLOW = {
+    "embed": "tokens", "hook_embed": "embed", "pos_embed": "tokens", "hook_pos_embed": "pos_embed",
+    "token_type_embed": "token_type_ids", "hook_token_type_embed": "token_type_embed",
+    "ln": "hook_embed + hook_pos_embed + hook_token_type_embed", "return": "ln",
+}
+MLM_HEAD_FLOW = {"ln": "act(resid @ W + b)", "return": "ln"}
+
+
+def terms_of(value_sum):
+    """'ln1 + hook_mlp_out' -> ['ln1', 'hook_mlp_out']; a + inside brackets is part of a name."""
+    return [term.strip() for term in re.findall(r"(?:[^+(]|\([^)]*\))+", value_sum)]
+
+
+class Source(torch.nn.Module):
+    """Stands in for a sub-module or a hook: records its arguments and returns a random tensor
+    (of `shape`, or else of its first argument's shape)."""
+
+    def __init__(self, wiring, name, shape=None):
+        super().__init__()
+        self.wiring, self.name, self.shape = wiring, name, shape
+
+    def forward(self, *args):
+        shape = self.shape or getattr(args[0] if args else None, "shape", ())
+        returned = torch.randn(shape, dtype=torch.float64, generator=self.wiring.generator)
+        self.wiring.calls.setdefault(self.name, []).append((args, returned))
+        return returned
+
+
+class Wiring:
+    """`component` run on `inputs` (a dict, in argument order), each call in `flow` replaced by
+    a Source (sub-modules return `shape`); `check` fails with one sentence on the first call
+    that got the wrong value. `derived`: more values a call may get, such as act(resid @ W + b)."""
+
+    def __init__(self, component, inputs, flow, shape, derived=None):
+        self.cls, self.flow, self.calls = type(component).__name__, flow, {}
+        self.generator = torch.Generator().manual_seed(0)
+        for name in flow:
+            if name != "return":  # (a hook returns a tensor of its input's shape)
+                setattr(component, name, Source(self, name, None if name.startswith("hook_") else shape))
+        self.component, self.inputs, self.derived = component, inputs, derived or {}
+
+    def check(self, hint):
+        __tracebackhide__ = True
+        output = output_of(self.component, *self.inputs.values(), hint=hint)
+        self.values = {**self.inputs, **self.derived,
+                       **{name: calls[0][1] for name, calls in self.calls.items()}}
+        self.calls["return"] = [((output,), None)]
+        for name, wanted in self.flow.items():
+            problem = self.problem(name, [terms_of(w) for w in
+                                          ((wanted,) if isinstance(wanted, str) else wanted)])
+            if problem:
+                raise AssertionError(f"{problem}\n\n{hint}")
+
+    def say(self, terms):
+        """Value names as the message says them: what a call returned is `ln1(...)`."""
+        return " + ".join(f"{term}(...)" if term in self.flow else term for term in terms)
+
+    def problem(self, name, wanted):
+        """What is wrong with the calls of `name`, in one sentence (None: nothing)."""
+        calls, cls = self.calls.get(name, []), self.cls
+        if not calls:
+            return f"{cls}.forward never calls self.{name}: pass it {' and '.join(map(self.say, wanted))}"
+        if len(calls) > 1:
+            return f"{cls}.forward calls self.{name} {len(calls)} times: call it once"
+        args, does = calls[0][0], "returns" if name == "return" else f"passes self.{name}"
+        if len(args) != len(wanted):
+            return (f"{cls}.forward {does} {len(args)} argument(s); it takes {len(wanted)}: "
+                    f"{', '.join(map(self.say, wanted))}")
+        for got, terms in zip(args, wanted):
+            sentence = self.compare(got, terms)
+            if sentence:
+                return f"{cls}.forward {does} {sentence}"
+        return None
+
+    def compare(self, got, terms):
+        """None if `got` is the sum of the values `terms`; else what it is, and what to do."""
+        expected = self.values[terms[0]]
+        for term in terms[1:]:
+            expected = expected + self.values[term]
+        if not isinstance(got, torch.Tensor):
+            return f"a {type(got).__name__}, not a tensor: pass it {self.say(terms)}"
+        if got.shape != expected.shape:
+            return (f"a tensor of shape {tuple(got.shape)}: pass it {self.say(terms)}, of shape "
+                    f"{tuple(expected.shape)}")
+        if not expected.is_floating_point():
+            if torch.equal(got, expected):
+                return None
+            other = [n for n, v in self.values.items() if v.shape == got.shape and torch.equal(v, got)]
+            return f"{other[0] if other else 'another tensor'}, not {self.say(terms)}"
+        basis = {n: v for n, v in self.values.items() if v.is_floating_point() and v.shape == got.shape}
+        matrix = torch.stack([v.flatten() for v in basis.values()], dim=1)
+        target = got.detach().to(torch.float64).flatten()
+        weights = torch.linalg.lstsq(matrix, target[:, None]).solution[:, 0].tolist()
+        if (matrix @ torch.tensor(weights, dtype=torch.float64) - target).norm() > 1e-6 * target.norm():
+            return f"a tensor that is no sum of {self.say(basis)}: pass it {self.say(terms)}"
+        used = {n: w for n, w in zip(basis, weights) if abs(w) > 1e-6}
+        if any(abs(w - 1) > 1e-6 for w in used.values()):
+            sum_said = " + ".join(f"{'' if abs(w - 1) < 1e-6 else f'{w:.3g} * '}{self.say([n])}"
+                                  for n, w in used.items())
+            return f"{sum_said or 'zeros'}: pass it {self.say(terms)}"
+        return None if sorted(used) == sorted(terms) else self.what_to_do(list(used), terms)
+
+    def what_to_do(self, got, terms):
+        """The sentence for a sum of the wrong values: an ignored hook, a missing or extra one."""
+        said = f"{self.say(got)}{' alone' if len(got) == 1 < len(terms) else ''}"
+        for hook in terms:  # what went INTO a hook, instead of what it returned
+            if hook.startswith("hook_") and isinstance(self.flow.get(hook), str):
+                passed = [term for term in terms if term != hook] + terms_of(self.flow[hook])
+                if sorted(passed) == sorted(got):
+                    return (f"{said}, what went into self.{hook}, not what it returned: go on "
+                            f"with {hook.removeprefix('hook_')} = self.{hook}(...)")
+        missing, extra = [t for t in terms if t not in got], [t for t in got if t not in terms]
+        fix = (f"add {self.say(missing)}" if not extra else
+               f"leave out {self.say(extra)}" if not missing else
+               f"use {self.say(missing)}, not {self.say(extra)}")
+        return f"{said}; it should get {self.say(terms)}: {fix}"
+
+
+def uses_what_its_hooks_return(component, args, hint):
+    """Each hook of `component` in turn returns a changed tensor: the output must change (a
+    forward that goes on with what it passed the hook, not what the hook returned, ignores
+    every edit a user's hook makes)."""
+    __tracebackhide__ = True
+    seen = run_until(component, args, None, hint)
+    generator = torch.Generator().manual_seed(0)
+    for name in [name for name in seen if name != "out"]:
+        x = seen[name]
+        noise = torch.randn(x.shape, dtype=x.dtype, generator=generator)
+        changed = x + noise * x[x > MASKED].std()  # (masked scores stay masked)
+        out = run_until(component, args, None, hint, feed={name: changed})["out"]
+        if same(out, seen["out"]):
+            value = name.removeprefix("hook_")
+            value = "x" if keyword.iskeyword(value) else value
+            raise AssertionError(
+                f"{type(component).__name__}.forward ignores what self.{name} returns: go on "
+                f"with {value} = self.{name}({value}), not with what you passed it\n\n{hint}")
 
 
 # The step runner: a component's forward pass watched (and fed) through its hooks.
@@ -2653,6 +2892,53 @@ def test_diagnosis_names_randomness_left_on_in_eval():
     seen = run_until(Noisy().eval(), (x,), "hook_x", "THE HINT")
     assert "changes between two calls in eval() mode" in diagnosis_of(seen["hook_x"], x,
                                                                       "embed", {})
+
+
+# --- The wiring checks: hand-made wrong blocks get the right sentence -------------------------
+
+
+class PreLNBlock(hb.BertBlock):
+    """GPT-2's order: each LayerNorm on its sublayer's input, none on the stream."""
+
+    def forward(self, resid_pre, key_is_padding=None):
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), key_is_padding))
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        resid_post = self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
+        return self.hook_normalized_resid_post(resid_post)
+
+
+class ForgetfulBlock(hb.BertBlock):
+    """Goes on with what it passed hook_resid_mid, and never calls hook_resid_post."""
+
+    def forward(self, resid_pre, key_is_padding=None):
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(resid_pre, key_is_padding))
+        self.hook_resid_mid(resid_pre + attn_out)
+        normalized_resid_mid = self.ln1(resid_pre + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(normalized_resid_mid))
+        return self.hook_normalized_resid_post(self.ln2(normalized_resid_mid + mlp_out))
+
+
+@small_only
+def test_wiring_names_what_each_call_got(ref):
+    resid_pre = torch.randn(3, 11, ref.cfg.d_model, dtype=torch.float64)
+    inputs = dict(resid_pre=resid_pre, key_is_padding=ref.key_is_padding)
+    cases = [
+        (PreLNBlock, "PreLNBlock.forward passes self.attn ln1(...); it should get hook_resid_pre(...): "
+                     "use hook_resid_pre(...), not ln1(...)"),
+        (ForgetfulBlock, "ForgetfulBlock.forward passes self.ln1 hook_resid_pre(...) + hook_attn_out(...), "
+                         "what went into self.hook_resid_mid, not what it returned"),
+        (hb.BertBlock, None),
+    ]
+    for block_class, says in cases:
+        try:
+            Wiring(fresh(block_class(ref.cfg)), inputs, BLOCK_FLOW, resid_pre.shape).check("THE HINT")
+            message = None
+        except AssertionError as error:
+            message = str(error).split("\n\n")
+            assert message[1:] == ["THE HINT"], message  # one sentence, then the hint
+        assert (message is None) if says is None else message[0].startswith(says), (block_class, message)
 
 
 # --- Self-contained: importing needs only torch ----------------------------------------------
