@@ -10,7 +10,8 @@ many tests of each component did not run (-k, -m, node ids), names the first fai
 its hint (a component's, or else a whole-model one), and lists the skipped tests and why.
 
 Failures are listed once per test function: the first in full, each other parametrisation in
-one line under it ("the same failure in ..." or its own first line). A stub's failures are
+one line under it ("the same failure in ..." or its own first line); a test function whose
+failure reads as an earlier one's (the same crash) is named in one line under that one. A stub's failures are
 listed once per component: there is no code to debug yet. Frames inside torch are left out of
 tracebacks (nn.Module's call machinery and the like): the student's line is what matters.
 """
@@ -171,16 +172,36 @@ def notes_on(group, failures):
                     if line != first_line]
 
 
+def same_as_earlier():
+    """Test functions whose failure reads as an earlier one's (a crash in a step that several
+    tests run): {the earlier group: [later groups]}, listed under the earlier one in one line."""
+    earlier, merged = {}, {}
+    for group, failures in FAILURES.items():
+        line = failures[0][1]
+        if group[0] == "function" and line in earlier:
+            merged.setdefault(earlier[line], []).append(group)
+        elif group[0] == "function":
+            earlier[line] = group
+    return merged
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter):
     """Around pytest's own summary: its list of failures gets only the first of each group,
     with the others as notes under it; the board comes last, under everything."""
     stats = terminalreporter.stats
-    hidden = set()
+    hidden, merged = set(), same_as_earlier()
     for group, failures in FAILURES.items():
-        if len(failures) > 1:
+        if any(group in groups for groups in merged.values()):
+            hidden.update(id(report) for report, _ in failures)
+            continue
+        later = [name.split("::")[-1] for _, name in merged.get(group, [])]
+        notes = notes_on(group, failures) if len(failures) > 1 else []
+        notes += [short(f"the same failure in {len(later)} more test(s): {', '.join(later)}", 300)
+                  ] if later else []
+        if notes:
             first = failures[0][0]
-            first.longrepr = WithNotes(first.longrepr, notes_on(group, failures))
+            first.longrepr = WithNotes(first.longrepr, notes)
             hidden.update(id(report) for report, _ in failures[1:])
     if hidden:
         EVERY_FAILURE.extend(stats["failed"])
