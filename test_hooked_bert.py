@@ -856,7 +856,7 @@ class Wiring:
             if torch.equal(got, expected):
                 return None
             other = [n for n, v in self.values.items() if v.shape == got.shape and torch.equal(v, got)]
-            return f"{other[0] if other else 'another tensor'}, not {self.say(terms)}"
+            return f"{self.say(other[:1]) if other else 'another tensor'}, not {self.say(terms)}"
         basis = {n: v for n, v in self.values.items() if v.is_floating_point() and v.shape == got.shape}
         matrix = torch.stack([v.flatten() for v in basis.values()], dim=1)
         target = got.detach().to(torch.float64).flatten()
