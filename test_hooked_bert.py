@@ -354,7 +354,7 @@ def test_attention_pattern_hook_is_before_dropout(ref):
     pattern, softmax = reached(seen, "Attention", "hook_pattern", hint), expected["hook_pattern"]
     dropped = (pattern == 0) | torch.isclose(pattern, 2 * softmax)  # dropout p=0.5 scales by 2
     if not same(pattern, softmax) and dropped.all():
-        raise AssertionError("your hook_pattern is taken after dropout (entries zeroed, the rest "
+        raise AssertionError("Attention hook_pattern: your pattern is taken after dropout (entries zeroed, the rest "
                              f"doubled): call self.hook_pattern on the softmax, then self.dropout\n\n{hint}")
     check(pattern, softmax, hint, step="attention_pattern", given=lambda: attention_inputs(ref, 0))
     assert not same(seen["hook_z"], expected["hook_z"]), (
@@ -439,12 +439,12 @@ def test_block(ref, layer):
 def test_mlm_head(ref):
     hint = "MLM head: dense, then the activation, then LayerNorm, in that order"
     transform = ref.hf.cls.predictions.transform
-    mlm_head = make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense)
-    resid = stream_input(ref.out.hidden_states[-1].shape)
-    dense = (resid @ mlm_head.W + mlm_head.b).detach()
+    resid = stream_input(ref.out.hidden_states[-1].shape)  # first the wiring, on random values
+    dense = resid @ transform.dense.weight.T + transform.dense.bias
     derived = {"(resid @ W + b)": dense, "act(resid @ W + b)": hb.ACTIVATIONS[ref.cfg.act_fn](dense)}
     Wiring(make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense), dict(resid=resid),
            MLM_HEAD_FLOW, resid.shape, derived).check(hint)
+    mlm_head = make_dense_head(hb.BertMLMHead, ref.cfg, transform.dense)
     mlm_head.ln = recorded(ref, "cls.predictions.transform.LayerNorm", "BertMLMHead.ln", hint)
     check(output_of(mlm_head, ref.out.hidden_states[-1], hint=hint),
           ref.outputs["cls.predictions.transform"], hint, step="mlm_head",
@@ -862,7 +862,8 @@ class Wiring:
         target = got.detach().to(torch.float64).flatten()
         weights = torch.linalg.lstsq(matrix, target[:, None]).solution[:, 0].tolist()
         if (matrix @ torch.tensor(weights, dtype=torch.float64) - target).norm() > 1e-6 * target.norm():
-            return f"a tensor that is no sum of {self.say(basis)}: pass it {self.say(terms)}"
+            return (f"a tensor that is no sum of the values {', '.join(self.say([n]) for n in basis)}: "
+                    f"pass it {self.say(terms)}")
         used = {n: w for n, w in zip(basis, weights) if abs(w) > 1e-6}
         if any(abs(w - 1) > 1e-6 for w in used.values()):
             sum_said = " + ".join(f"{'' if abs(w - 1) < 1e-6 else f'{w:.3g} * '}{self.say([n])}"
