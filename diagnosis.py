@@ -45,20 +45,34 @@ class StandIn(torch.nn.Module):
 
     def forward(self, *args):
         if len(args) != len(self.inputs):
-            raise WrongInput(f"{self.hint}\n\n{self.what} takes {len(self.inputs)} argument(s)")
+            raise WrongInput(f"{self.what} takes {len(self.inputs)} argument(s), not {len(args)}"
+                             f"\n\n{self.hint}")
         for index, (got, expected) in enumerate(zip(args, self.inputs)):
+            if isinstance(got, torch.Tensor) and not same_kind(got, expected):
+                raise WrongInput(f"{self.what} got argument {index} of dtype {got.dtype}; it takes "
+                                 f"{expected.dtype}, as HuggingFace's module did at that place"
+                                 f"\n\n{self.hint}")
             if not same(got, expected):
-                raise WrongInput(f"{self.hint}\n\n{self.what} got another argument {index} than "
-                                 "HuggingFace's module at that place: compare what you pass it with the hint")
+                raise WrongInput(f"{self.what} got another argument {index} than HuggingFace's "
+                                 f"module at that place: compare what you pass it with the hint"
+                                 f"\n\n{self.hint}")
         return self.output.clone()
 
 
 def same(got, expected):
     if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
         return False
+    if not same_kind(got, expected):
+        return False
     if expected.is_floating_point():
         return torch.allclose(got.to(expected.dtype), expected, atol=F64_ATOL, rtol=0)
     return torch.equal(got, expected)
+
+
+def same_kind(got, expected):
+    """Both floating point, both bool, or both integers (float ids cannot index a table)."""
+    return (got.is_floating_point() == expected.is_floating_point()
+            and (got.dtype == torch.bool) == (expected.dtype == torch.bool))
 
 
 def terms_of(value_sum):
@@ -622,6 +636,7 @@ STEPS = {
     "attention_pattern": ("Attention pattern", "pattern", GRID),
     "attention_z": ("Attention z", "z", HEADS),
     "attention_out": ("Attention output", "attention output", BPD),
+    "attention_result": ("Attention hook_result", "result", ("batch", "pos", "head_index", "d_model")),
     "attention": ("Attention", "attention output", BPD),
     "mlp_pre": ("MLP hook_pre", "pre", HIDDEN),
     "mlp_post": ("MLP hook_post", "post", HIDDEN),

@@ -253,6 +253,14 @@ ACT_MEANS = {"gelu": "the exact erf GELU, F.gelu(x)", "relu": "F.relu(x)",
 # The values the exercise tests ask for by name (VALUES.get("layer_norm_scale", ref, x)).
 
 
+def attention_result(ref, layer):
+    """Each head's output, z @ W_O head by head: [batch, pos, head_index, d_model]."""
+    z = attention_reference(ref, layer)["hook_z"]
+    dense = ref.layer(layer).attention.output.dense  # weight [d_model, n_heads * d_head]
+    W_O = dense.weight.T.reshape(ref.cfg.n_heads, ref.cfg.d_head, ref.cfg.d_model)
+    return torch.einsum("bphd,hdm->bphm", z, W_O)
+
+
 def layer_norm_scale(ref, x):
     return (x.var(-1, unbiased=False, keepdim=True) + ref.cfg.eps).sqrt()
 

@@ -129,6 +129,23 @@ def test_embed(ref):
           hint, step="embed", given=lambda: step_inputs(ref, tokens=ref.tokens, W_E=embed.W_E))
 
 
+@exercise("Embed")
+@small_only
+def test_embed_keeps_the_padding_row_out_of_training(ref):
+    hint = ("Embed: like HuggingFace's nn.Embedding(padding_idx=pad_token_id), training never "
+            "changes the padding token's row: F.embedding(tokens, W_E, padding_idx=...)")
+    embed = make_embed(ref.cfg, ref.hf.bert.embeddings).embed
+    out = output_of(embed, ref.tokens, hint=hint)
+    assert out.requires_grad, f"Embed: your output does not depend on W_E (no gradient)\n\n{hint}"
+    out.sum().backward()
+    pad, grad = ref.cfg.pad_token_id, embed.W_E.grad
+    assert grad[ref.tokens[ref.tokens != pad]].abs().sum(-1).min() > 0, (
+        f"Embed: a token's row of W_E gets no gradient\n\n{hint}")
+    assert grad[pad].abs().max() == 0, (
+        f"Embed: row {pad} of W_E, the padding token's, gets a gradient from the padded positions, "
+        f"so training would change it: pass padding_idx=self.pad_token_id\n\n{hint}")
+
+
 @exercise("PosEmbed")
 def test_pos_embed(ref):
     hint = ("PosEmbed: positions count 0, 1, 2, ... (not from 1), the same in every row of the "
@@ -247,6 +264,22 @@ def test_bert_embed_without_token_types(ref):
           given=lambda: step_inputs(ref))
 
 
+@exercise("BertEmbed")
+@small_only
+def test_bert_embed_applies_dropout_in_train_mode(ref):
+    hint = ("BertEmbed in train() mode: the LayerNorm's output goes through self.dropout (which "
+            "eval() turns off); nothing before it does")
+    cfg = dataclasses.replace(ref.cfg, hidden_dropout=0.5)
+    inputs = dict(tokens=ref.tokens, token_type_ids=ref.token_type_ids)
+    shape = (*ref.tokens.shape, cfg.d_model)
+    wiring = Wiring(fresh(hb.BertEmbed(cfg)).train(), inputs, EMBED_FLOW, shape)
+    torch.manual_seed(0)
+    out = output_of(wiring.component, *inputs.values(), hint=hint)
+    check_dropout(out, wiring, "ln", "BertEmbed.forward returns", hint)
+    flow = {name: wanted for name, wanted in EMBED_FLOW.items() if name != "return"}
+    Wiring(fresh(hb.BertEmbed(cfg)).train(), inputs, flow, shape).check(hint)  # no other dropout
+
+
 # --- Attention, step by step through its hooks -----------------------------------------------
 
 
@@ -307,6 +340,21 @@ def test_attention_out(ref, layer):
     hint = ("Attention output: z @ W_O summed over heads, plus b_O. Are the heads merged in the same "
             "order they were split (head_index before d_head)?")
     seen = attention_step(ref, layer, None, hint)
+    check(seen["out"], ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint,
+          step="attention_out", given=lambda: attention_inputs(ref, layer))
+
+
+@exercise("Attention")
+@per_layer
+def test_attention_result(ref, layer):
+    hint = ("Attention hook_result (only if cfg.use_attn_result): each head's output, z @ W_O "
+            "head by head, [batch, pos, head_index, d_model]; then the sum over heads, + b_O")
+    attn = make_attention(dataclasses.replace(ref.cfg, use_attn_result=True), ref.layer(layer))
+    expected = VALUES.get("attention_reference", ref, layer)
+    seen = run_until(attn, (ref.out.hidden_states[layer], ref.key_is_padding), None, hint,
+                     feed={name: expected[name] for name in ATTENTION_STEPS})
+    check(reached(seen, "Attention", "hook_result", hint), VALUES.get("attention_result", ref, layer),
+          hint, step="attention_result", given=lambda: attention_inputs(ref, layer))
     check(seen["out"], ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"], hint,
           step="attention_out", given=lambda: attention_inputs(ref, layer))
 
@@ -430,6 +478,26 @@ def test_block(ref, layer):
         "Block must not modify its input in place")
 
 
+@exercise("BertBlock")
+@small_only
+def test_block_applies_dropout_in_train_mode(ref):
+    hint = ("Block in train() mode: each sublayer's output, attn(...) and mlp(...), goes through "
+            "self.dropout (which eval() turns off) before it joins the stream; nothing else does")
+    cfg = dataclasses.replace(ref.cfg, hidden_dropout=0.5)
+    resid_pre = stream_input((*ref.tokens.shape, cfg.d_model))
+    inputs = dict(resid_pre=resid_pre, key_is_padding=ref.key_is_padding)
+    wiring = Wiring(fresh(hb.BertBlock(cfg)).train(), inputs, BLOCK_FLOW, resid_pre.shape)
+    torch.manual_seed(0)
+    output_of(wiring.component, *inputs.values(), hint=hint)
+    for sublayer, hook in (("attn", "hook_attn_out"), ("mlp", "hook_mlp_out")):
+        check_dropout(called_with(wiring, hook, hint), wiring, sublayer,
+                      f"BertBlock.forward passes self.{hook}", hint)
+    flow = dict(BLOCK_FLOW)  # every other call must get what it gets in eval() mode:
+    rest = Wiring(fresh(hb.BertBlock(cfg)).train(), inputs, flow, resid_pre.shape)
+    del flow["hook_attn_out"], flow["hook_mlp_out"]  # (checked above; still stand-ins)
+    rest.check(hint)
+
+
 # --- The heads -------------------------------------------------------------------------------
 
 
@@ -453,8 +521,24 @@ def test_unembed(ref):
     hint = "Unembed: x @ W_U + b_U. Did you forget the decoder bias b_U?"
     unembed = make_unembed(ref.cfg, ref.hf.cls.predictions)
     x = ref.outputs["cls.predictions.transform"]
-    check(output_of(unembed, x, hint=hint), ref.out.prediction_logits, hint, step="unembed",
+    seen = run_until(unembed, (x,), None, hint)
+    check(seen["out"], ref.out.prediction_logits, hint, step="unembed",
           given=lambda: step_inputs(ref, x=x, **params_of(unembed)))
+    hook_holds_the_output(seen, "Unembed", "hook_out", hint)
+
+
+@exercise("Unembed")
+@small_only
+def test_unembed_tied_to_the_token_embedding(ref):
+    hint = ("Unembed with cfg.tie_word_embeddings: W_U is the token embedding transposed, "
+            "self.W_E.T: [d_vocab, d_model] -> [d_model, d_vocab]")
+    unembed = hb.Unembed(dataclasses.replace(ref.cfg, tie_word_embeddings=True),
+                         torch.nn.Parameter(ref.hf.cls.predictions.decoder.weight.detach().clone()))
+    with torch.no_grad():
+        fresh(unembed).b_U.copy_(ref.hf.cls.predictions.bias)
+    x = ref.outputs["cls.predictions.transform"]
+    check(output_of(unembed, x, hint=hint), ref.out.prediction_logits, hint, step="unembed",
+          given=lambda: step_inputs(ref, x=x, W_U=unembed.W_E.detach().T, b_U=unembed.b_U.detach()))
 
 
 @exercise("Unembed")
@@ -471,8 +555,10 @@ def test_pooler(ref):
             "positions")
     pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
     resid = ref.out.hidden_states[-1]
-    check(output_of(pooler, resid, hint=hint), ref.outputs["bert.pooler"], hint, step="pooler",
+    seen = run_until(pooler, (resid,), None, hint)
+    check(seen["out"], ref.outputs["bert.pooler"], hint, step="pooler",
           given=lambda: step_inputs(ref, resid=resid, **params_of(pooler)))
+    hook_holds_the_output(seen, "BertPooler", "hook_pooler_out", hint)
 
 
 @exercise("BertPooler")
@@ -487,8 +573,10 @@ def test_nsp_head(ref):
     hint = "NSP head: pooled @ W + b, two logits per sequence"
     nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
     pooled = ref.outputs["bert.pooler"]
-    check(output_of(nsp_head, pooled, hint=hint), ref.out.seq_relationship_logits, hint,
-          step="nsp_head", given=lambda: step_inputs(ref, pooled=pooled, **params_of(nsp_head)))
+    seen = run_until(nsp_head, (pooled,), None, hint)
+    check(seen["out"], ref.out.seq_relationship_logits, hint, step="nsp_head",
+          given=lambda: step_inputs(ref, pooled=pooled, **params_of(nsp_head)))
+    hook_holds_the_output(seen, "BertNSPHead", "hook_nsp_out", hint)
 
 
 @exercise("BertNSPHead")
@@ -750,6 +838,46 @@ def run_hf(hf, tokens, token_type_ids, mask, labels=None):
     """A HuggingFace BERT's output for our inputs (its mask is our one_zero_attention_mask)."""
     kwargs = {} if labels is None else dict(labels=labels)
     return hf(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask, **kwargs)
+
+
+def hook_holds_the_output(seen, class_name, hook, hint):
+    """A hook named for the output (hook_out, hook_pooler_out, ...) must see what the component
+    returns: a user's hook there reads, and may replace, the finished output."""
+    __tracebackhide__ = True
+    if not same(reached(seen, class_name, hook, hint), seen["out"]):
+        raise AssertionError(f"{class_name}.forward returns the right value, but self.{hook} saw "
+                             f"another one: call self.{hook} last, on the finished output (an "
+                             f"operation after it is one that a hook there misses)\n\n{hint}")
+
+
+def called_with(wiring, name, hint):
+    """The first argument of the first call of `name` in a Wiring's run."""
+    __tracebackhide__ = True
+    if not wiring.calls.get(name):
+        raise AssertionError(f"{wiring.cls}.forward never calls self.{name}\n\n{hint}")
+    return wiring.calls[name][0][0][0]
+
+
+def check_dropout(got, wiring, sublayer, what, hint):
+    """`got` must be what `sublayer` (a Source of `wiring`) returned, through dropout with
+    p = 0.5: each entry zeroed or doubled, some of each. `what`: "BertBlock.forward passes"."""
+    __tracebackhide__ = True
+    if not wiring.calls.get(sublayer):
+        raise AssertionError(f"{wiring.cls}.forward never calls self.{sublayer}\n\n{hint}")
+    before = wiring.calls[sublayer][0][1]
+    if not isinstance(got, torch.Tensor) or got.shape != before.shape:
+        raise AssertionError(f"{what} {type(got).__name__} {tuple(getattr(got, 'shape', ()))}, "
+                             f"not {sublayer}(...) through self.dropout\n\n{hint}")
+    ratio = got.detach().to(before.dtype) / before
+    zero, doubled, kept = ((ratio - value).abs() < 1e-6 for value in (0, 2, 1))
+    if (zero | doubled).all() and zero.any() and doubled.any():
+        return
+    problem = (f"{sublayer}(...) without dropout: apply self.dropout to it" if kept.all() else
+               f"{sublayer}(...) through dropout twice (each entry zeroed or times 4): apply "
+               "self.dropout once" if (zero | ((ratio - 4).abs() < 1e-6)).all() else
+               f"no {sublayer}(...) through dropout (at p = 0.5, each entry zeroed or doubled): "
+               f"apply self.dropout to {sublayer}(...)")
+    raise AssertionError(f"{what} {problem}, in train() mode\n\n{hint}")
 
 
 def attention_step(ref, layer, stop_at, hint):
