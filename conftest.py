@@ -104,8 +104,9 @@ def pytest_collection_modifyitems(config, items):
             select = COLLECTED.get(component_of(item)[0], {}).get("select")
             if item.path.name in COURSE_FILES and select:
                 item.extra_keyword_matches.add(select)
-        order = [component_of(item)[0] for item in items]
-        for name in sorted(COLLECTED, key=lambda name: order.index(name) if name in order else len(order)):
+        order = list(dict.fromkeys(component_of(item)[0] for item in items))
+        order += [name for name in COLLECTED if name not in order]  # none of them selected
+        for name in sorted(COLLECTED, key=order.index):
             COLLECTED[name] = COLLECTED.pop(name)  # the board's rows in data-flow order again
     if not config.getoption("grade_only"):
         return
@@ -299,8 +300,9 @@ def write_board(terminalreporter):
         lines.append(line)
 
     board_rows(write)
-    if terminalreporter.config.getoption("board_file"):
-        Path(terminalreporter.config.getoption("board_file")).write_text("\n".join([title, *lines, ""]))
+    board_file = terminalreporter.config.getoption("board_file")
+    if board_file:
+        Path(board_file).write_text("\n".join([title, *lines, ""]))
 
 
 def board_rows(write):

@@ -179,6 +179,19 @@ def test_grade_scores_a_step_only_when_all_its_tests_pass(tmp_path):
     assert grade.grade(report, course)[1]["score"] == 0.5
 
 
+def test_grade_gives_0_and_the_error_when_the_tests_could_not_be_collected(tmp_path):
+    report = tmp_path / "grade.xml"  # what pytest --junitxml writes when an import fails
+    report.write_text(
+        '<testsuites><testsuite><testcase classname="" name="test_hooked_bert">'
+        '<error message="collection failure">hooked_bert.py:12: in &lt;module&gt;\n'
+        'E     File "hooked_bert.py", line 12\nE       def f(:\nE             ^\n'
+        'E   SyntaxError: invalid syntax</error></testcase></testsuite></testsuites>')
+    results = grade.gradescope_results(report, courses.load(None, blank=["MLP"]))
+    assert results["score"] == 0 and results["tests"][0]["score"] == 0
+    assert ('pytest could not import test_hooked_bert.py:\n  File "hooked_bert.py", line 12\n'
+            '    def f(:\n') in results["output"] and "SyntaxError: invalid syntax" in results["output"]
+
+
 def test_the_course_file_is_the_default_course_and_mistakes_in_one_are_named(tmp_path):
     assert courses.load(ROOT / "course.toml") == courses.load(None)
     assert courses.load(None)["graded"] == kit.COMPONENTS

@@ -23,7 +23,8 @@ import course as courses  # noqa: E402
 import grade  # noqa: E402
 
 ROOT = Path(os.environ.get("AUTOGRADER_ROOT", "/autograder"))
-SOURCE, SUBMISSION, RESULTS = ROOT / "source", ROOT / "submission", ROOT / "results" / "results.json"
+SOURCE, SUBMISSION = ROOT / "source", ROOT / "submission"
+RESULTS = ROOT / "results" / "results.json"
 TIMEOUT = 30 * 60  # seconds for the tests; a forward that never returns gets 0, said so
 AGAIN = "Fix it and submit again."
 
@@ -33,17 +34,18 @@ def find_submission():
     expected = SUBMISSION / "hooked_bert.py"
     if expected.is_file():
         return expected, None
-    files = sorted(path for path in SUBMISSION.rglob("*") if path.is_file()) if SUBMISSION.is_dir() else []
+    files = sorted(path for path in SUBMISSION.rglob("*") if path.is_file())
     names = [str(path.relative_to(SUBMISSION)) for path in files]
     nested = [name for path, name in zip(files, names) if path.name == "hooked_bert.py"]
     if nested:
-        return None, (f"Your hooked_bert.py is at {nested[0]}, not at the top of your submission, where "
-                      "the grader looks for it. Upload the file itself (not the folder that holds it).")
+        return None, (f"Your hooked_bert.py is at {nested[0]}, not at the top of your submission, "
+                      "where the grader looks for it. Upload the file itself (not the folder that "
+                      "holds it).")
     alike = [name for path, name in zip(files, names) if path.suffix == ".py"
              and "class BertBlock" in path.read_text(errors="replace")]
     if alike:
-        return None, (f"Your submission has no hooked_bert.py, but {alike[0]} looks like it: rename "
-                      "it hooked_bert.py and submit it under that name.")
+        return None, (f"Your submission has no hooked_bert.py, but {alike[0]} looks like it: "
+                      "rename it hooked_bert.py and submit it under that name.")
     held = f" (it holds {', '.join(names[:10])})" if names else " (it is empty)"
     return None, f"Your submission has no hooked_bert.py{held}. Submit your hooked_bert.py."
 
@@ -57,15 +59,16 @@ def import_error():
     lines = run.stderr.replace(f"{SOURCE}{os.sep}", "").splitlines()
     start = next((i for i, line in enumerate(lines) if 'File "hooked_bert.py"' in line), 0)
     return ("Your hooked_bert.py does not import, so no test could run:\n\n"
-            + "\n".join(lines[start:]) + f"\n\n{AGAIN} (Check with: python -c \"import hooked_bert\")")
+            + "\n".join(lines[start:])
+            + f"\n\n{AGAIN} (Check with: python -c \"import hooked_bert\")")
 
 
 def run_tests(course):
     """Run the graded tests; their junit XML and the board's text, or what stopped them."""
     counted = [*course["graded"], *course["model_tests"]]
     junit, board = SOURCE / "grade.xml", SOURCE / "board.txt"
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--grade-only", ",".join(counted),
-               f"--board-file={board}", f"--junitxml={junit}"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+               f"--grade-only={','.join(counted)}", f"--board-file={board}", f"--junitxml={junit}"]
     try:
         run = subprocess.run(command, cwd=SOURCE, text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},

@@ -36,34 +36,46 @@ def load(path, blank=None, components=COMPONENTS) -> dict:
         raise CourseError(f"{where}: {message}")
 
     if set(raw) - KEYS:
-        fail(f"unknown entry {', '.join(sorted(set(raw) - KEYS))}; the entries are {', '.join(sorted(KEYS))}")
+        fail(f"unknown entry {', '.join(sorted(set(raw) - KEYS))}; "
+             f"the entries are {', '.join(sorted(KEYS))}")
 
     def names(key, value, allowed):
         if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
             fail(f"{key} must be a list of component names, like [\"LayerNorm\", \"Attention\"]")
         unknown = [name for name in value if name not in allowed]
         if unknown:
-            fail(f"{key}: unknown component {', '.join(unknown)}; choose from: {', '.join(allowed)}")
+            fail(f"{key}: unknown component {', '.join(unknown)}; "
+                 f"choose from: {', '.join(allowed)}")
         return [name for name in allowed if name in value]  # in data-flow order
 
+    def points_table(key, table, allowed=None):
+        """{name: points} of a table (its names among `allowed`, if given)."""
+        if not isinstance(table, dict):
+            fail(f"[{key}] must be a table of points, like Attention = 3")
+        names(key, list(table), allowed) if allowed is not None else None
+        return {name: number(value, f"{key}.{name}", fail) for name, value in table.items()}
+
     blanked = names("blank", raw.get("blank", components) if blank is None else blank, components)
-    graded = names("graded", raw.get("graded", blanked), blanked)  # a component given whole is free points
-    points = {name: number(raw.get("points", {}).get(name, 1), f"points.{name}", fail) for name in graded}
-    names("points", list(raw.get("points", {})), graded)
-    steps = {}
-    for name, table in raw.get("steps", {}).items():
-        names("steps", [name], graded)
-        steps[name] = {step: number(value, f"steps.{name}.{step}", fail) for step, value in table.items()}
-        if sum(steps[name].values()) > points[name] + 1e-9:
-            fail(f"[steps.{name}] gives {sum(steps[name].values()):g} points, more than {name}'s {points[name]:g}")
-    model_tests = {test: number(value, f"model_tests.{test}", fail)
-                   for test, value in raw.get("model_tests", {}).items()}
-    files = [test_file(entry, components, Path(path).parent if path else Path.cwd(), fail)
-             for entry in raw.get("files", [])]
+    graded = names("graded", raw.get("graded", blanked), blanked)  # not blanked: free points
+    points = {name: 1 for name in graded} | points_table("points", raw.get("points", {}), graded)
+    steps = raw.get("steps", {})
+    if not isinstance(steps, dict) or not all(isinstance(table, dict) for table in steps.values()):
+        fail("[steps.<component>] tables give steps their points, like test_attention_scores = 1")
+    names("steps", list(steps), graded)
+    steps = {name: points_table(f"steps.{name}", table) for name, table in steps.items()}
+    for name, table in steps.items():
+        if sum(table.values()) > points[name] + 1e-9:
+            fail(f"[steps.{name}] gives {sum(table.values()):g} points, "
+                 f"more than {name}'s {points[name]:g}")
+    model_tests = points_table("model_tests", raw.get("model_tests", {}))
+    folder = Path(path).parent if path else Path.cwd()
+    files = [test_file(entry, components, folder, fail) for entry in raw.get("files", [])]
     kit_names = [entry["name"] for entry in files]
     if len(set(kit_names)) < len(kit_names):
-        fail(f"two test files have the same name ({', '.join(kit_names)}): the kit puts them side by side")
-    return dict(blank=blanked, graded=graded, points=points, steps=steps, model_tests=model_tests, files=files)
+        fail(f"two test files have the same name ({', '.join(kit_names)}): "
+             "the kit puts them side by side")
+    return dict(blank=blanked, graded=graded, points=points, steps=steps,
+                model_tests=model_tests, files=files)
 
 
 def number(value, key, fail):
@@ -74,7 +86,8 @@ def number(value, key, fail):
 
 def test_file(entry, components, folder, fail):
     """One [[files]] entry: its path (relative to the course file), component and whether hidden."""
-    if not isinstance(entry, dict) or set(entry) - {"path", "component", "hidden"} or "path" not in entry:
+    if (not isinstance(entry, dict) or set(entry) - {"path", "component", "hidden"}
+            or "path" not in entry):
         fail(f"each [[files]] entry has a path, a component and maybe hidden = true, not {entry!r}")
     source = folder / entry["path"]
     if not re.fullmatch(r"test_\w+\.py", source.name):
@@ -82,7 +95,8 @@ def test_file(entry, components, folder, fail):
     if not source.is_file():
         fail(f"{entry['path']}: no such file (paths are relative to the course file)")
     if entry.get("component") not in components:
-        fail(f"{entry['path']}: component = one of {', '.join(components)}, not {entry.get('component')!r}")
+        fail(f"{entry['path']}: component = one of {', '.join(components)}, "
+             f"not {entry.get('component')!r}")
     return dict(source=source, name=source.name, component=entry["component"],
                 hidden=bool(entry.get("hidden", False)))
 
@@ -95,10 +109,12 @@ def to_toml(course, hidden: bool) -> str:
              "", "[points]", *(f"{name} = {value!r}" for name, value in course["points"].items())]
     for name, table in course["steps"].items():
         lines += ["", f"[steps.{name}]", *(f"{step} = {value!r}" for step, value in table.items())]
-    lines += ["", "[model_tests]", *(f"{test} = {value!r}" for test, value in course["model_tests"].items())]
+    lines += ["", "[model_tests]",
+              *(f"{test} = {value!r}" for test, value in course["model_tests"].items())]
     for entry in course["files"]:
         if hidden or not entry["hidden"]:
-            lines += ["", "[[files]]", f'path = "{entry["name"]}"', f'component = "{entry["component"]}"']
+            lines += ["", "[[files]]", f'path = "{entry["name"]}"',
+                      f'component = "{entry["component"]}"']
             lines += ["hidden = true"] if entry["hidden"] else []
     return "\n".join(lines) + "\n"
 

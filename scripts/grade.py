@@ -51,18 +51,20 @@ def read_cases(junit_xml, prefixes: dict[str, str]) -> list[dict]:
         component = props.get("component") or next(
             (c for c, prefix in prefixes.items() if name.startswith(prefix)), None)
         problem = next((e for e in case if e.tag in ("failure", "error", "skipped")), None)
-        outcome = "passed" if problem is None else "skipped" if problem.tag == "skipped" else "failed"
+        outcome = ("passed" if problem is None else
+                   "skipped" if problem.tag == "skipped" else "failed")
         message = "" if problem is None else problem.get("message") or problem.text or problem.tag
         cases.append(dict(name=name, function=name.split("[")[0], component=component,
-                          outcome=outcome, message=message, text=problem is not None and problem.text))
+                          outcome=outcome, message=message,
+                          text=problem.text if problem is not None else None))
     return cases
 
 
 def collection_errors(cases) -> list[str]:
     """What pytest printed (its E lines) for each test file it could not import."""
     errors = [case for case in cases if case["message"] == "collection failure"]
-    return [f"{case['name']}.py could not be imported:\n" + "\n".join(
-        line[1:].strip() and line[4:] for line in (case["text"] or "").splitlines() if line.startswith("E "))
+    return [f"pytest could not import {case['name']}.py:\n" + "\n".join(
+        line[4:] for line in (case["text"] or "").splitlines() if line.startswith("E "))
         for case in errors]
 
 
@@ -107,13 +109,15 @@ def step_points(component, functions, course) -> dict[str, float]:
     own = course["steps"].get(component, {})
     unknown = [step for step in own if step not in functions]
     if unknown:
-        raise SystemExit(f"course file: [steps.{component}] names {', '.join(unknown)}, which is not "
-                         f"a test function of {component}; its tests are {', '.join(functions)}")
+        raise SystemExit(f"course file: [steps.{component}] names {', '.join(unknown)}, which "
+                         f"is not a test function of {component}; its tests are "
+                         f"{', '.join(functions)}")
     others = [step for step in functions if step not in own]
     rest = course["points"][component] - sum(own.values())
     if rest > 1e-9 and not others:
         raise SystemExit(f"course file: [steps.{component}] gives {sum(own.values()):g} of "
-                         f"{component}'s {course['points'][component]:g} points, and it has no other step")
+                         f"{component}'s {course['points'][component]:g} points, and it has no "
+                         "other step")
     return {step: own.get(step, rest / len(others) if others else 0.0) for step in functions}
 
 
@@ -127,26 +131,34 @@ def grade_component(component, cases, course) -> dict:
     for case in cases:
         steps.setdefault(case["function"], []).append(case)
     points = step_points(component, list(steps), course)
-    passing = [step for step, runs in steps.items() if all(run["outcome"] == "passed" for run in runs)]
+    passing = [step for step, runs in steps.items() if passed(runs)]
     score = sum(points[step] for step in passing)
     lines = [f"{score:.4g} of {max_score:g} points: {len(passing)} of {len(steps)} steps pass "
              "(a step scores when every one of its tests passes)"]
     for step, runs in steps.items():
         if step not in passing:
             failed = sum(run["outcome"] != "passed" for run in runs)
-            lines.append(f"  FAIL {step} ({points[step]:.4g} points): {failed} of {len(runs)} tests fail")
+            lines.append(f"  FAIL {step} ({points[step]:.4g} points): "
+                         f"{failed} of {len(runs)} tests fail")
     lines += [f"  pass {', '.join(passing)}"] if passing else []
     lines += grouped_failures(cases)
     return dict(name=component, score=round(score, 4), max_score=max_score, output="\n".join(lines))
 
 
+def passed(runs) -> bool:
+    return bool(runs) and all(run["outcome"] == "passed" for run in runs)
+
+
 def grade_model_test(test, cases, course) -> dict:
+    """Gradescope's test for one counted whole-model test: all its points if it passed."""
     runs = [case for case in cases if case["function"] == test]
-    points, passed = course["model_tests"][test], runs and all(r["outcome"] == "passed" for r in runs)
-    output = ("passed" if passed else "did not run" if not runs else
-              "skipped: " + next(r["message"] for r in runs if r["outcome"] != "passed")
-              if all(r["outcome"] != "failed" for r in runs) else "\n".join(grouped_failures(runs)).strip())
-    return dict(name=test, score=points if passed else 0.0, max_score=points, output=output)
+    skipped = [run["message"] for run in runs if run["outcome"] == "skipped"]
+    output = ("passed" if passed(runs) else
+              "\n".join(grouped_failures(runs)).strip() if len(skipped) < len(runs) else
+              f"skipped: {skipped[0]}" if runs else
+              "did not run: no test of that name (check its spelling in course.toml)")
+    points = course["model_tests"][test]
+    return dict(name=test, score=points if passed(runs) else 0.0, max_score=points, output=output)
 
 
 def grade(junit_xml, course, prefixes=None) -> list[dict]:
@@ -163,16 +175,16 @@ def gradescope_results(junit_xml, course, board: str = "") -> dict:
     errors = collection_errors(read_cases(junit_xml, {}))
     total = sum(test["score"] for test in tests)
     top = [f"{total:.4g} of {sum(test['max_score'] for test in tests):g} points", *errors]
-    return dict(score=round(total, 4), output="\n\n".join(top + [board.strip()] if board.strip() else top),
-                tests=tests)
+    top += [board.strip()] if board.strip() else []
+    return dict(score=round(total, 4), output="\n\n".join(top), tests=tests)
 
 
 def failed_results(course, why: str) -> dict:
     """results.json for a submission that could not be graded: 0, and why, at the top."""
-    tests = [dict(name=component, score=0.0, max_score=course["points"][component],
-                  output="not graded: see the message at the top") for component in course["graded"]]
-    tests += [dict(name=test, score=0.0, max_score=points, output="not graded: see the message at the top")
-              for test, points in course["model_tests"].items()]
+    worth = course["points"] | course["model_tests"]
+    tests = [dict(name=name, score=0.0, max_score=worth[name],
+                  output="not graded: see the message at the top")
+             for name in [*course["graded"], *course["model_tests"]]]
     return dict(score=0.0, output=why, tests=tests)
 
 
@@ -183,7 +195,8 @@ def main(argv=None) -> int:
                         help="the course file (default: course.toml in the repository)")
     parser.add_argument("--gradescope", metavar="RESULTS_JSON",
                         help="write Gradescope's results.json for one junit XML file")
-    parser.add_argument("--board", type=Path, help="the progress board (pytest --board-file), for --gradescope")
+    parser.add_argument("--board", type=Path,
+                        help="the progress board (pytest --board-file), for --gradescope")
     args = parser.parse_args(argv)
     course = courses.load(args.course)
     if args.gradescope:
@@ -195,7 +208,8 @@ def main(argv=None) -> int:
         return 0
     for path in args.junit_xml:
         tests = grade(path, course)
-        print(f"{path}: {sum(t['score'] for t in tests):.4g} of {sum(t['max_score'] for t in tests):g}")
+        total, worth = sum(t["score"] for t in tests), sum(t["max_score"] for t in tests)
+        print(f"{path}: {total:.4g} of {worth:g} points")
         for test in tests:
             print(f"  {test['name']:<15} {test['score']:>6.4g} / {test['max_score']:g}")
     return 0

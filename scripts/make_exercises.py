@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import tempfile
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -196,7 +197,8 @@ tomli>=2; python_version < "3.11"
 
 
 def student_md(course) -> str:
-    order = "\n".join(f"{i}. `{name}`: `{command(name)}`" for i, name in enumerate(course["blank"], 1))
+    order = "\n".join(f"{i}. `{name}`: `{command(name)}`"
+                      for i, name in enumerate(course["blank"], 1))
     return f"""\
 # Write BERT yourself
 
@@ -268,12 +270,14 @@ When the board says every component passes and pytest reports no failures, you a
 def grading(course) -> str:
     """What counts, as STUDENT.md says it."""
     parts = [f"`{name}` {points:g}" for name, points in course["points"].items()]
-    parts += [f"`{test}` (a test of the whole model) {points:g}" for test, points in course["model_tests"].items()]
-    return (f"Points: {', '.join(parts)}. Each test function of a component (a step: "
-            "`test_attention_scores`, ...) scores its share of the component's points when all "
-            "of its tests pass, on every config and layer. The grader runs its own copy of the "
-            "tests (and perhaps more tests of its own) on your `hooked_bert.py`: submit that "
-            "file alone, under that name.")
+    parts += [f"`{test}` (a test of the whole model) {points:g}"
+              for test, points in course["model_tests"].items()]
+    hidden = " and tests of its own" if any(entry["hidden"] for entry in course["files"]) else ""
+    return textwrap.fill(
+        f"Points: {', '.join(parts)}. Each test function of a component (a step: "
+        "`test_attention_scores`, ...) scores its share of the component's points when all of "
+        "its tests pass, on every config and layer. The grader runs its own copy of the "
+        f"tests{hidden} on your `hooked_bert.py`: submit that file alone, under that name.", 96)
 
 
 def command(name: str) -> str:
@@ -292,6 +296,8 @@ def make_kit(out_dir: Path, course, root: Path = ROOT, hidden: bool = False) -> 
     with hidden=True, the autograder's copy: the hidden test files too."""
     if not isinstance(course, dict):
         course = courses.load(None, blank=list(course))
+    check_test_names(course, [*(root / name for name in KIT_FILES if name.startswith("test_")),
+                              *(entry["source"] for entry in course["files"])])
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise SystemExit(f"{out_dir} is not empty; give a new or empty folder")
@@ -307,6 +313,18 @@ def make_kit(out_dir: Path, course, root: Path = ROOT, hidden: bool = False) -> 
     (out_dir / "requirements.txt").write_text(REQUIREMENTS)
     (out_dir / "pytest.ini").write_text(PYTEST_INI)
     (out_dir / "STUDENT.md").write_text(student_md(course))
+
+
+def check_test_names(course, test_files) -> None:
+    """Every step and whole-model test the course gives points is a test function of the kit's
+    (or the hidden) test files: a misspelt one would silently score 0 in every submission."""
+    functions = {node.name for path in test_files for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    named = [*course["model_tests"], *(step for table in course["steps"].values() for step in table)]
+    unknown = [name for name in named if name not in functions]
+    if unknown:
+        raise SystemExit(f"course file: no test function is called {', '.join(unknown)} "
+                         f"(in {', '.join(sorted(path.name for path in test_files))})")
 
 
 def extra_kit_content(out_dir: Path, course, root: Path) -> None:
@@ -371,7 +389,8 @@ def main(argv=None) -> int:
     default = args.course == ROOT / "course.toml" and not args.course.is_file()
     course = courses.load(None if default else args.course, blank=args.blank)
     make_kit(args.out_dir, course)
-    print(f"wrote {args.out_dir}: blanked {', '.join(course['blank'])}; students start with STUDENT.md")
+    print(f"wrote {args.out_dir}: blanked {', '.join(course['blank'])}; "
+          "students start with STUDENT.md")
     if args.autograder:
         make_autograder(args.autograder, course)
         print(f"wrote {args.autograder}: upload it to Gradescope as the autograder")
