@@ -1,10 +1,10 @@
 """Grades from students' test runs, as course.toml says: python scripts/grade.py STUDENT.xml [...]
 
-Run each student's folder with your own copy of the tests (students can edit theirs), the
-graded components' tests only, then grade the junit XML:
-    cp test_hooked_bert.py conftest.py pytest.ini course.toml STUDENT_DIR/  (and your test files)
-    (cd STUDENT_DIR && pytest --grade-only LayerNorm,Attention --junitxml=grade.xml)
-    python scripts/grade.py --course course.toml STUDENT_DIR/grade.xml
+Run each student's folder with your own copy of the tests (students can edit theirs): the
+test files, conftest.py, pytest.ini and course.toml of the autograder zip (make_exercises.py
+--autograder), the graded components' tests and counted whole-model tests only; then grade:
+    (cd STUDENT_DIR && pytest --grade-only LayerNorm,Attention,test_... --junitxml=grade.xml)
+    python scripts/grade.py --course STUDENT_DIR/course.toml STUDENT_DIR/grade.xml
 For each file it prints each graded component's (and counted whole-model test's) points.
 The Gradescope autograder (make_exercises.py --autograder) does all this for you.
 
@@ -19,7 +19,6 @@ board (--board, written by `pytest --board-file`) as the top-level output.
 import argparse
 import ast
 import json
-import re
 import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
