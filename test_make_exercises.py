@@ -204,6 +204,12 @@ def test_the_course_file_is_the_default_course_and_mistakes_in_one_are_named(tmp
         course.write_text(text)
         with pytest.raises(SystemExit, match=re.escape(message)):
             courses.load(course)
+    course.write_text('blank = ["MLP"]\n[model_tests]\ntest_dropout_matches_hf = 1')
+    with pytest.raises(SystemExit, match="no test function is called test_dropout_matches_hf"):
+        kit.main([str(tmp_path / "kit"), "--course", str(course)])  # it would score 0 for everyone
+    assert not (tmp_path / "kit").exists()
+    course.write_text('blank = ["MLP", "BertBlock"]\n[points]\nMLP = 2')
+    assert courses.load(course, blank=["MLP"])["points"] == {"MLP": 2}  # --blank replaces the list
 
 
 # A course as README's instructor writes it: three components, Attention worth 3 points, a
@@ -280,8 +286,10 @@ def run_autograder(zip_path, root, case, kit_dir):
     zipfile.ZipFile(zip_path).extractall(root / "source")
     shutil.copyfile(root / "source" / "run_autograder", root / "run_autograder")
     submit(case, root / "submission", kit_dir)
-    run = subprocess.run(["bash", str(root / "run_autograder")], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "AUTOGRADER_ROOT": str(root), "OMP_NUM_THREADS": "1"})
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])  # its python3
+    run = subprocess.run(["bash", str(root / "run_autograder")], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "AUTOGRADER_ROOT": str(root),
+                                           "OMP_NUM_THREADS": "1", "PATH": path})
     assert run.returncode == 0, run.stdout + run.stderr
     return json.loads((root / "results" / "results.json").read_text())
 
