@@ -196,11 +196,12 @@ def test_the_course_file_is_the_default_course_and_mistakes_in_one_are_named(tmp
     assert courses.load(ROOT / "course.toml") == courses.load(None)
     assert courses.load(None)["graded"] == kit.COMPONENTS
     course = tmp_path / "course.toml"
-    for text, message in [('blank = ["Atention"]', "blank: unknown component Atention"),
-                          ('blank = ["MLP"]\ngraded = ["Attention"]', "graded: unknown component Attention"),
-                          ('blank = ["MLP"]\n[steps.MLP]\ntest_mlp = 2', "gives 2 points, more than MLP's 1"),
-                          ('[[files]]\npath = "test_x.py"\ncomponent = "MLP"', "test_x.py: no such file"),
-                          ('point = 3', "unknown entry point")]:
+    for text, message in [
+            ('blank = ["Atention"]', "blank: unknown component Atention"),
+            ('blank = ["MLP"]\ngraded = ["Attention"]', "graded: unknown component Attention"),
+            ('blank = ["MLP"]\n[steps.MLP]\ntest_mlp = 2', "gives 2 points, more than MLP's 1"),
+            ('[[files]]\npath = "test_x.py"\ncomponent = "MLP"', "test_x.py: no such file"),
+            ('point = 3', "unknown entry point")]:
         course.write_text(text)
         with pytest.raises(SystemExit, match=re.escape(message)):
             courses.load(course)
@@ -261,7 +262,8 @@ NO_DROPOUT = [("self.hook_attn_out(self.dropout(self.attn(", "self.hook_attn_out
               ("self.hook_mlp_out(self.dropout(self.mlp(", "self.hook_mlp_out((self.mlp(")]
 SUBMISSIONS = {
     "correct": [], "sqrt_d_model": [("math.sqrt(self.cfg.d_head)", "math.sqrt(self.cfg.d_model)")],
-    "no_dropout": NO_DROPOUT, "syntax_error": [("def forward(self, resid_pre", "def forward(self resid_pre")],
+    "no_dropout": NO_DROPOUT,
+    "syntax_error": [("def forward(self, resid_pre", "def forward(self resid_pre")],
     "blank": "hooked_bert.py", "none": None, "in_a_folder": "hw3/hooked_bert.py"}
 
 
@@ -316,12 +318,14 @@ def scores(results):
 
 def test_course_kit_and_autograder_hold_what_the_course_says(autograded):
     kit_dir, zip_path = autograded["tmp"] / "kit", autograded["tmp"] / "autograder.zip"
-    assert (kit_dir / "test_course_layer_norm.py").is_file() and not (kit_dir / "test_course_hidden.py").exists()
+    assert (kit_dir / "test_course_layer_norm.py").is_file()
+    assert not (kit_dir / "test_course_hidden.py").exists()
     assert "hidden" not in (kit_dir / "course.toml").read_text()
-    assert "`Attention` 3" in (kit_dir / "STUDENT.md").read_text()
+    assert re.search(r"`Attention`\s+3", (kit_dir / "STUDENT.md").read_text())
     names = zipfile.ZipFile(zip_path).namelist()
-    assert {"setup.sh", "run_autograder", "course.toml", "test_course_hidden.py", "test_course_layer_norm.py",
-            "scripts/autograde.py", "scripts/grade.py", "test_hooked_bert.py"} <= set(names), names
+    assert {"setup.sh", "run_autograder", "course.toml", "test_course_hidden.py",
+            "test_course_layer_norm.py", "scripts/autograde.py", "scripts/grade.py",
+            "test_hooked_bert.py"} <= set(names), names
     setup = zipfile.ZipFile(zip_path).read("setup.sh").decode()
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in setup
     assert setup.index("download.pytorch.org") < setup.index("-r requirements.txt")
@@ -371,8 +375,8 @@ def test_autograder_takes_bertblock_points_from_a_block_without_dropout(autograd
 
 def test_autograder_says_why_a_submission_scores_0(autograded):
     syntax, none, nested = autograded["syntax_error"], autograded["none"], autograded["in_a_folder"]
-    line = next(number for number, text in enumerate((ROOT / "hooked_bert.py").read_text().splitlines(), 1)
-                if "def forward(self, resid_pre" in text)
+    lines = (ROOT / "hooked_bert.py").read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if "def forward(self, resid_pre" in text)
     for results in (syntax, none, nested):
         assert results["score"] == 0 and all(score == 0 for score, _ in scores(results).values()), results
     assert f'File "hooked_bert.py", line {line}' in syntax["output"] and "SyntaxError" in syntax["output"]
