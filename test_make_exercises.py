@@ -264,6 +264,7 @@ SUBMISSIONS = {
     "correct": [], "sqrt_d_model": [("math.sqrt(self.cfg.d_head)", "math.sqrt(self.cfg.d_model)")],
     "no_dropout": NO_DROPOUT,
     "syntax_error": [("def forward(self, resid_pre", "def forward(self resid_pre")],
+    "endless": [("x = x - x.mean(-1, keepdim=True)", "while True: pass")],
     "blank": "hooked_bert.py", "none": None, "in_a_folder": "hw3/hooked_bert.py"}
 
 
@@ -289,9 +290,10 @@ def run_autograder(zip_path, root, case, kit_dir):
     shutil.copyfile(root / "source" / "run_autograder", root / "run_autograder")
     submit(case, root / "submission", kit_dir)
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])  # its python3
+    env = {**os.environ, "AUTOGRADER_ROOT": str(root), "OMP_NUM_THREADS": "1", "PATH": path,
+           "AUTOGRADER_TIMEOUT": "8" if case == "endless" else "600"}
     run = subprocess.run(["bash", str(root / "run_autograder")], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "AUTOGRADER_ROOT": str(root),
-                                           "OMP_NUM_THREADS": "1", "PATH": path})
+                         timeout=600, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     return json.loads((root / "results" / "results.json").read_text())
 
@@ -375,10 +377,12 @@ def test_autograder_takes_bertblock_points_from_a_block_without_dropout(autograd
 
 def test_autograder_says_why_a_submission_scores_0(autograded):
     syntax, none, nested = autograded["syntax_error"], autograded["none"], autograded["in_a_folder"]
+    endless = autograded["endless"]  # (its tests were given 8 seconds)
     lines = (ROOT / "hooked_bert.py").read_text().splitlines()
     line = next(n for n, text in enumerate(lines, 1) if "def forward(self, resid_pre" in text)
-    for results in (syntax, none, nested):
+    for results in (syntax, none, nested, endless):
         assert results["score"] == 0 and all(score == 0 for score, _ in scores(results).values()), results
     assert f'File "hooked_bert.py", line {line}' in syntax["output"] and "SyntaxError" in syntax["output"]
     assert "Your submission has no hooked_bert.py (it is empty)" in none["output"], none["output"]
     assert "Your hooked_bert.py is at hw3/hooked_bert.py, not at the top" in nested["output"]
+    assert "did not finish within 8 seconds: does a forward loop forever?" in endless["output"]
