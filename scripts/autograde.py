@@ -69,6 +69,8 @@ def run_tests(course):
     """Run the graded tests; their junit XML and the board's text, or what stopped them."""
     counted = [*course["graded"], *course["model_tests"]]
     junit, board = SOURCE / "grade.xml", SOURCE / "board.txt"
+    for old in (junit, board):
+        old.unlink(missing_ok=True)  # (left by an earlier run in this folder)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                f"--grade-only={','.join(counted)}", f"--board-file={board}", f"--junitxml={junit}"]
     try:
