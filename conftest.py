@@ -14,10 +14,16 @@ one line under it ("the same failure in ..." or its own first line); a test func
 failure reads as an earlier one's (the same crash) is named in one line under that one. A stub's failures are
 listed once per component: there is no code to debug yet. Frames inside torch are left out of
 tracebacks (nn.Module's call machinery and the like): the student's line is what matters.
+
+The instructor's test files listed in course.toml (beside this file) count for the component it
+gives each. For grading (scripts/autograde.py): --grade-only runs only the graded components'
+tests and the counted whole-model tests, --board-file writes the board to a file too, and every
+component test carries its component in --junitxml's properties.
 """
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,9 +42,31 @@ FAILURES: dict[tuple, list] = {}  # group (function, or a component's stubs) -> 
 STUBS: list = []  # the classes whose forward still raises NotImplementedError, found once
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("board", "the progress board (and grading, for scripts/autograde.py)")
+    group.addoption("--board-file", metavar="PATH", help="also write the progress board to PATH")
+    group.addoption("--grade-only", metavar="NAMES", help="run only the tests of these components "
+                    "and these test functions (comma-separated), as the course grades them")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "component(name, select): an exercise test of one component")
     config.pluginmanager.register(FailuresBack(), "board-failures-back")
+
+
+def course_files():
+    """{file name: component} for the instructor's test files in course.toml beside this file
+    (the kit's copy names them by their name in the kit): their tests count for that component."""
+    course = Path(__file__).with_name("course.toml")
+    text = course.read_text() if course.is_file() else ""
+    if "[[files]]" not in text:
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: requirements.txt installs tomli
+        import tomli as tomllib
+    return {Path(entry["path"]).name: entry["component"]
+            for entry in tomllib.loads(text).get("files", [])}
 
 
 def component_of(item):
@@ -53,9 +81,47 @@ def pytest_make_collect_report(collector):
     report = yield
     for node in report.result if report.passed else ():
         name, select = component_of(node) if isinstance(node, pytest.Item) else (None, None)
+        if name is None and isinstance(node, pytest.Item) and node.path.name in COURSE_FILES:
+            name = COURSE_FILES[node.path.name]  # its select: the one of the component's own tests
+            node.add_marker(pytest.mark.component(name, select=None))
         if name is not None:
-            COLLECTED.setdefault(name, dict(select=select, tests=set()))["tests"].add(node.nodeid)
+            node.user_properties.append(("component", name))  # for grade.py, in --junitxml
+            info = COLLECTED.setdefault(name, dict(select=select, tests=set()))
+            info["select"] = info["select"] or select
+            info["tests"].add(node.nodeid)
     return report
+
+
+COURSE_FILES = course_files()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k deselects
+def pytest_collection_modifyitems(config, items):
+    """The instructor's tests of a component run after the component's own (its board line
+    names the first failing step), and its `pytest -k` selects them too; --grade-only keeps the
+    tests of those components and those test functions, and the board lists only those."""
+    if COURSE_FILES:
+        items.sort(key=lambda item: (component_of(item)[0] is None, item.path.name in COURSE_FILES))
+        for item in items:
+            select = COLLECTED.get(component_of(item)[0], {}).get("select")
+            if item.path.name in COURSE_FILES and select:
+                item.extra_keyword_matches.add(select)
+        order = list(dict.fromkeys(component_of(item)[0] for item in items))
+        order += [name for name in COLLECTED if name not in order]  # none of them selected
+        for name in sorted(COLLECTED, key=order.index):
+            COLLECTED[name] = COLLECTED.pop(name)  # the board's rows in data-flow order again
+    if not config.getoption("grade_only"):
+        return
+    names = set(config.getoption("grade_only").split(","))
+    keep = [item for item in items if component_of(item)[0] in names
+            or getattr(item, "originalname", item.name) in names]
+    kept = {item.nodeid for item in keep}
+    config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in kept])
+    items[:] = keep
+    for name in list(COLLECTED):
+        COLLECTED[name]["tests"] &= kept
+        if not COLLECTED[name]["tests"] or name not in names:
+            del COLLECTED[name]
 
 
 def first_failing():
@@ -132,6 +198,7 @@ def pytest_runtest_makereport(item, call):
         return
     RAN.setdefault(name, set()).add(item.nodeid)
     row = BOARD.setdefault(name, dict(select=select, run=0, passed=0, first=None))
+    row["select"] = row["select"] or COLLECTED.get(name, {}).get("select") or name
     row["run"] += 1
     row["passed"] += report.passed
     if report.failed and call.excinfo is not None and row["first"] is None:
@@ -227,8 +294,20 @@ class FailuresBack:
 
 
 def write_board(terminalreporter):
-    write = terminalreporter.write_line
-    terminalreporter.write_sep("=", "progress board: the components in the order data flows")
+    title, lines = "progress board: the components in the order data flows", []
+    terminalreporter.write_sep("=", title)
+
+    def write(line):
+        terminalreporter.write_line(line)
+        lines.append(line)
+
+    board_rows(write)
+    board_file = terminalreporter.config.getoption("board_file")
+    if board_file:
+        Path(board_file).write_text("\n".join([title, *lines, ""]))
+
+
+def board_rows(write):
     not_run = {name: len(info["tests"] - RAN.get(name, set())) for name, info in COLLECTED.items()}
     for name, row in {name: BOARD[name] for name in [*COLLECTED, *BOARD] if name in BOARD}.items():
         status = "pass" if row["passed"] == row["run"] else "FAIL"

@@ -1679,20 +1679,26 @@ def test_grade_writes_gradescope_results_json(tmp_path):
     report.write_text(
         '<testsuites><testsuite>'
         '<testcase name="test_embed[toy]"/><testcase name="test_embed[3types-silu]">'
-        '<failure message="AssertionError: Embed: did you index W_E?&#10;more">trace</failure>'
+        '<failure message="AssertionError: Embed: did you index W_E?&#10;&#10;more">trace</failure>'
         '</testcase><testcase name="test_attention_qkv[toy-layer0]"><error message="boom"/>'
         '</testcase><testcase name="test_model_matches_hf_float64[toy]"><skipped/></testcase>'
+        '<testcase name="test_pos_embed[toy]"/>'
         '</testsuite></testsuites>')
     subprocess.run([sys.executable, repo_file("scripts/grade.py"), "--gradescope", str(results),
                     str(report)], check=True, timeout=60)
-    tests = {test["name"]: test for test in json.loads(results.read_text())["tests"]}
-    assert list(tests) == list(EXERCISES), "one Gradescope test per component, in board order"
-    assert tests["Embed"] == {"name": "Embed", "score": 0.5, "max_score": 1.0, "output":
-                              "1 of 2 tests passed\n"
-                              "test_embed[3types-silu]: AssertionError: Embed: did you index W_E?"}
-    assert tests["Attention"]["score"] == 0.0 and "test_attention_qkv[toy-layer0]: boom" in (
+    results = json.loads(results.read_text())
+    tests = {test["name"]: test for test in results["tests"]}
+    assert list(tests) == [name for name in EXERCISES if name not in ("HookPoint", "activations",
+                                                                      "loader")], (
+        "one Gradescope test per graded component (course.toml: all twelve), in board order")
+    assert tests["PosEmbed"]["score"] == 1 and results["score"] == 1
+    assert tests["Embed"]["score"] == 0 and tests["Embed"]["max_score"] == 1, (
+        "a step (a test function) scores only when every one of its tests passes")
+    assert "test_embed[3types-silu]:\nEmbed: did you index W_E?" in tests["Embed"]["output"]
+    assert "more" not in tests["Embed"]["output"], "only a failure's first paragraph is shown"
+    assert tests["Attention"]["score"] == 0 and "test_attention_qkv[toy-layer0]:\nboom" in (
         tests["Attention"]["output"])
-    assert tests["LayerNorm"] == {"name": "LayerNorm", "score": 0.0, "max_score": 1.0,
+    assert tests["LayerNorm"] == {"name": "LayerNorm", "score": 0.0, "max_score": 1,
                                   "output": "none of its tests ran"}
 
 

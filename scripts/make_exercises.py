@@ -1,13 +1,18 @@
 """Write a student folder: hooked_bert.py with components to write, and the tests that check them.
 
-    python scripts/make_exercises.py OUT_DIR [--blank CLASS ...]
+    python scripts/make_exercises.py OUT_DIR [--course course.toml] [--blank CLASS ...]
+                                     [--autograder autograder.zip]
 
 Each chosen class keeps its signature and docstring; the body of its `forward` becomes a stub
 that says what to compute, which hooks to call on what, which pytest command checks it, and
-ends in `raise NotImplementedError`. By default every BERT component, Embed to BertNSPHead,
-is blanked. OUT_DIR gets hooked_bert.py, test_hooked_bert.py, conftest.py (the progress
-board), requirements.txt and STUDENT.md, and nothing else: no git history, no tutorial, and
-not scripts/check_tests_catch_bugs.py (its mistakes are solution lines).
+ends in `raise NotImplementedError`. The course file (default: course.toml in the repository)
+says which classes to blank (--blank replaces its list), which count and how much, and the
+instructor's own test files. OUT_DIR gets hooked_bert.py, the test files (KIT_FILES and the
+course's files that are not hidden), conftest.py (the progress board), the course file,
+pytest.ini, requirements.txt and STUDENT.md, and nothing else: no git history, no tutorial, and
+not scripts/check_tests_catch_bugs.py (its mistakes are solution lines). --autograder also
+writes Gradescope's autograder zip: the same kit with the hidden test files, setup.sh,
+run_autograder and the grading scripts.
 
 The classes and their `forward` are found with `ast`, by name, so the script works on any
 version of hooked_bert.py that has these classes.
@@ -20,9 +25,21 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import textwrap
+import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import course as courses  # noqa: E402  (scripts/course.py)
+
 ROOT = Path(__file__).resolve().parent.parent
+# The repository's files that go into every kit as they are; exercise_values.py (the formulas
+# of the reference values) and test_diagnosis.py stay here.
+KIT_FILES = ["test_hooked_bert.py", "conftest.py", "diagnosis.py"]
+VALUES_FILE = "exercise_values.pt"  # the reference values the kit's tests read instead
+# The scripts that go into the autograder (under scripts/), beside the kit.
+AUTOGRADER_SCRIPTS = ["autograde.py", "grade.py", "course.py"]
 
 # The stub of each component's forward: what to compute, the hooks, the command that checks it.
 STUBS = {
@@ -99,7 +116,7 @@ STUBS = {
     """,
     "Unembed": """
         # x through self.hook_in; logits = x @ W_U + b_U: [batch, pos, d_vocab], through
-        # self.hook_out.
+        # self.hook_out. W_U is self.W_U, or self.W_E.T when self.tied (see __init__).
         # Check: pytest -k test_unembed
     """,
     "BertPooler": """
@@ -112,7 +129,8 @@ STUBS = {
         # Check: pytest -k test_nsp_head
     """,
 }
-COMPONENTS = list(STUBS)  # in the order data flows, as in hooked_bert.py
+COMPONENTS = courses.COMPONENTS  # in the order data flows, as in hooked_bert.py
+assert list(STUBS) == COMPONENTS, "a stub for each component a course can blank, in the same order"
 
 
 def find_forward(tree: ast.Module, class_name: str) -> ast.FunctionDef:
@@ -178,11 +196,13 @@ REQUIREMENTS = """\
 torch>=2.1,<3
 transformers>=5.0,<6
 pytest>=8
+tomli>=2; python_version < "3.11"
 """
 
 
-def student_md(blanked) -> str:
-    order = "\n".join(f"{i}. `{name}`: `{command(name)}`" for i, name in enumerate(blanked, 1))
+def student_md(course) -> str:
+    order = "\n".join(f"{i}. `{name}`: `{command(name)}`"
+                      for i, name in enumerate(course["blank"], 1))
     return f"""\
 # Write BERT yourself
 
@@ -244,7 +264,24 @@ but a test of the whole model fails, the board names that test and its hint. Tes
 another reason (a package that is not installed) are listed with the reason.
 
 When the board says every component passes and pytest reports no failures, you are done.
+
+## The grade
+
+{grading(course)}
 """
+
+
+def grading(course) -> str:
+    """What counts, as STUDENT.md says it."""
+    parts = [f"`{name}` {points:g}" for name, points in course["points"].items()]
+    parts += [f"`{test}` (a test of the whole model) {points:g}"
+              for test, points in course["model_tests"].items()]
+    hidden = " and tests of its own" if any(entry["hidden"] for entry in course["files"]) else ""
+    return textwrap.fill(
+        f"Points: {', '.join(parts)}. Each test function of a component (a step: "
+        "`test_attention_scores`, ...) scores its share of the component's points when all of "
+        "its tests pass, on every config and layer. The grader runs its own copy of the "
+        f"tests{hidden} on your `hooked_bert.py`: submit that file alone, under that name.", 96)
 
 
 def command(name: str) -> str:
@@ -258,10 +295,45 @@ addopts = --tb=short -rN
 """
 
 
-# The repository's files a kit gets as they are; exercise_values.py (the reference values'
-# formulas) and test_diagnosis.py stay here.
-KIT_FILES = ("test_hooked_bert.py", "conftest.py", "diagnosis.py")
-VALUES_FILE = "exercise_values.pt"
+def make_kit(out_dir: Path, course, root: Path = ROOT, hidden: bool = False,
+             values: Path = None) -> None:
+    """The student kit for `course` (a list of classes: a course that blanks and grades those);
+    with hidden=True, the autograder's copy: the hidden test files too. `values`: an
+    exercise_values.pt that record_values made (else it is made now: a run of the exercises)."""
+    if not isinstance(course, dict):
+        course = courses.load(None, blank=list(course))
+    check_test_names(course, [*(root / name for name in KIT_FILES if name.startswith("test_")),
+                              *(entry["source"] for entry in course["files"])])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(out_dir.iterdir()):
+        raise SystemExit(f"{out_dir} is not empty; give a new or empty folder")
+    source = (root / "hooked_bert.py").read_text()
+    (out_dir / "hooked_bert.py").write_text(blank(source, course["blank"]))
+    for name in KIT_FILES:
+        shutil.copyfile(root / name, out_dir / name)
+    for entry in course["files"]:
+        if hidden or not entry["hidden"]:
+            shutil.copyfile(entry["source"], out_dir / entry["name"])
+    if values is None:
+        record_values(out_dir / VALUES_FILE, root)
+    else:
+        shutil.copyfile(values, out_dir / VALUES_FILE)
+    (out_dir / "course.toml").write_text(courses.to_toml(course, hidden))
+    (out_dir / "requirements.txt").write_text(REQUIREMENTS)
+    (out_dir / "pytest.ini").write_text(PYTEST_INI)
+    (out_dir / "STUDENT.md").write_text(student_md(course))
+
+
+def check_test_names(course, test_files) -> None:
+    """Every step and whole-model test the course gives points is a test function of the kit's
+    (or the hidden) test files: a misspelt one would silently score 0 in every submission."""
+    functions = {node.name for path in test_files for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    named = [*course["model_tests"], *(step for table in course["steps"].values() for step in table)]
+    unknown = [name for name in named if name not in functions]
+    if unknown:
+        raise SystemExit(f"course file: no test function is called {', '.join(unknown)} "
+                         f"(in {', '.join(sorted(path.name for path in test_files))})")
 
 
 def record_values(path: Path, root: Path = ROOT) -> None:
@@ -276,38 +348,76 @@ def record_values(path: Path, root: Path = ROOT) -> None:
                          f"{run.stdout[-3000:]}{run.stderr[-2000:]}")
 
 
-def make_kit(out_dir: Path, blanked, root: Path = ROOT, values: Path = None) -> None:
-    """Write the kit into `out_dir`; `values`: an exercise_values.pt that record_values made
-    (else it is made now, which takes a run of the exercise tests)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if any(out_dir.iterdir()):
-        raise SystemExit(f"{out_dir} is not empty; give a new or empty folder")
-    source = (root / "hooked_bert.py").read_text()
-    (out_dir / "hooked_bert.py").write_text(blank(source, blanked))
-    for name in KIT_FILES:
-        (out_dir / name).write_text((root / name).read_text())
-    if values is None:
-        record_values(out_dir / VALUES_FILE, root)
-    else:
-        shutil.copyfile(values, out_dir / VALUES_FILE)
-    (out_dir / "requirements.txt").write_text(REQUIREMENTS)
-    (out_dir / "pytest.ini").write_text(PYTEST_INI)
-    (out_dir / "STUDENT.md").write_text(student_md(blanked))
+SETUP_SH = """\
+#!/usr/bin/env bash
+# Gradescope runs this once, when it builds the autograder's image: CPU torch, then the kit's
+# requirements (a plain `pip install torch` would fetch a multi-GB CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")"
+python3 -m pip --version || (apt-get update && apt-get install -y python3-pip)
+python3 -m pip install torch --index-url https://download.pytorch.org/whl/cpu
+python3 -m pip install -r requirements.txt
+"""
+
+RUN_AUTOGRADER = """\
+#!/usr/bin/env bash
+# Gradescope runs this for each submission: the tests in /autograder/source on the submitted
+# hooked_bert.py (/autograder/submission), the grades into /autograder/results/results.json.
+# AUTOGRADER_ROOT (default /autograder) lets you try it in another folder.
+exec python3 "${AUTOGRADER_ROOT:-/autograder}/source/scripts/autograde.py"
+"""
+
+
+def make_autograder(zip_path: Path, course, root: Path = ROOT, values: Path = None) -> None:
+    """Gradescope's autograder zip: setup.sh and run_autograder at its top, the kit with the
+    hidden test files beside them, and the grading scripts in scripts/."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "source"
+        make_kit(source, course, root, hidden=True, values=values)
+        (source / "scripts").mkdir()
+        for name in AUTOGRADER_SCRIPTS:
+            shutil.copyfile(root / "scripts" / name, source / "scripts" / name)
+        (source / "setup.sh").write_text(SETUP_SH)
+        (source / "run_autograder").write_text(RUN_AUTOGRADER)
+        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(source.rglob("*")):
+                if path.is_file():
+                    info = zipfile.ZipInfo(str(path.relative_to(source)))
+                    script = path.name in ("setup.sh", "run_autograder")
+                    info.external_attr = (0o755 if script else 0o644) << 16
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    archive.writestr(info, path.read_bytes())
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, help="the student folder to write (new or empty)")
-    parser.add_argument("--blank", nargs="+", metavar="CLASS", default=COMPONENTS,
-                        help="the classes whose forward to blank (default: all, "
-                             f"{', '.join(COMPONENTS)})")
+    parser.add_argument("--course", type=Path, default=ROOT / "course.toml",
+                        help="the course file (default: course.toml in the repository)")
+    parser.add_argument("--blank", nargs="+", metavar="CLASS",
+                        help="the classes whose forward to blank, instead of the course's "
+                             f"(any of {', '.join(COMPONENTS)})")
+    parser.add_argument("--autograder", type=Path, metavar="ZIP",
+                        help="also write Gradescope's autograder zip")
+    parser.add_argument("--values", type=Path, metavar="PT",
+                        help=f"the reference values ({VALUES_FILE}) of an earlier kit of the same "
+                             "repository version, instead of recording them again")
     args = parser.parse_args(argv)
-    unknown = [name for name in args.blank if name not in STUBS]
+    unknown = [name for name in args.blank or () if name not in STUBS]
     if unknown:
         parser.error(f"unknown class {', '.join(unknown)}; choose from: {', '.join(COMPONENTS)}")
-    blanked = [name for name in COMPONENTS if name in args.blank]  # in data-flow order
-    make_kit(args.out_dir, blanked)
-    print(f"wrote {args.out_dir}: blanked {', '.join(blanked)}; students start with STUDENT.md")
+    default = args.course == ROOT / "course.toml" and not args.course.is_file()
+    course = courses.load(None if default else args.course, blank=args.blank)
+    with tempfile.TemporaryDirectory() as folder:
+        values = args.values or Path(folder) / VALUES_FILE
+        if args.values is None:
+            record_values(values)  # once, for the kit and the autograder
+        make_kit(args.out_dir, course, values=values)
+        print(f"wrote {args.out_dir}: blanked {', '.join(course['blank'])}; "
+              "students start with STUDENT.md")
+        if args.autograder:
+            make_autograder(args.autograder, course, values=values)
+            print(f"wrote {args.autograder}: upload it to Gradescope as the autograder")
     return 0
 
 
