@@ -51,6 +51,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "component(name, select): an exercise test of one component")
+    config.addinivalue_line("markers", "slow: an end-to-end run (a generated kit, the autograder, "
+                                       "the tutorial); the repository's `pytest -m slow` runs them")
     config.pluginmanager.register(FailuresBack(), "board-failures-back")
 
 

@@ -978,7 +978,8 @@ def test_model_matches_hf_float32_eager_and_sdpa(config_name):
     config_kwargs = BERT_BASE_WIDTH if config_name == "bert-base-width" else CONFIGS[config_name]
     tokens, token_type_ids, mask = example_inputs(config_kwargs)
     hf_eager = random_hf_model(config_kwargs, BertForMaskedLM, dtype=torch.float32)
-    hf_sdpa = random_hf_model(config_kwargs, BertForMaskedLM, dtype=torch.float32, attn="sdpa")
+    hf_sdpa = copy.deepcopy(hf_eager)  # the same weights, through torch's sdpa
+    hf_sdpa.set_attn_implementation("sdpa")
     model = hb.HookedEncoder.from_pretrained("random", hf_model=hf_eager)
     with torch.no_grad():
         logits = model(tokens, "logits", token_type_ids, mask)
@@ -1615,6 +1616,7 @@ def repo_file(name: str) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_pip_install_gives_a_module_importable_from_anywhere(tmp_path):
     import re
     import shutil
@@ -2190,6 +2192,7 @@ def run_tutorial_module():
     return run_tutorial
 
 
+@pytest.mark.slow
 def test_tutorial_runs_and_prints_what_it_shows(minilm_path, tmp_path):
     run_tutorial = run_tutorial_module()
     pytest.importorskip("matplotlib", reason="the tutorial draws figures: pip install matplotlib")

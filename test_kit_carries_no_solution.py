@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent
@@ -40,6 +41,7 @@ class Relu2(torch.nn.Module):  # has a forward, but computes nothing of BERT's
 '''
 
 
+@pytest.mark.slow
 def test_no_function_of_the_kit_computes_a_blanked_component(tmp_path):
     empty = tmp_path / "empty.pt"
     torch.save({}, empty)  # the values are data; the search looks at the code

@@ -59,6 +59,7 @@ def test_make_exercises_refuses_an_unknown_class(tmp_path, capsys):
     assert not (tmp_path / "kit").exists()
 
 
+@pytest.mark.slow
 def test_kit_fails_each_blanked_component_and_passes_once_restored(tmp_path, values):
     blanked, restored = tmp_path / "kit", tmp_path / "restored"
     kit.make_kit(blanked, kit.COMPONENTS, values=values)
@@ -118,6 +119,7 @@ def kit_with(folder, values, blanked=(), old=None, new=None):
     return folder
 
 
+@pytest.mark.slow
 def test_the_board_and_the_failure_list_tell_the_whole_truth(tmp_path, values):
     # A typo that crashes inside a step: one traceback for all the tests it crashes, without
     # torch's frames.
@@ -326,6 +328,7 @@ def scores(results):
     return {test["name"]: (test["score"], test["max_score"]) for test in results["tests"]}
 
 
+@pytest.mark.slow
 def test_course_kit_and_autograder_hold_what_the_course_says(autograded):
     kit_dir, zip_path = autograded["tmp"] / "kit", autograded["tmp"] / "autograder.zip"
     assert (kit_dir / "test_course_layer_norm.py").is_file()
@@ -341,6 +344,7 @@ def test_course_kit_and_autograder_hold_what_the_course_says(autograded):
     assert setup.index("download.pytorch.org") < setup.index("-r requirements.txt")
 
 
+@pytest.mark.slow
 def test_autograder_gives_blank_stubs_0_and_a_correct_solution_full_marks(autograded):
     blank, correct = autograded["blank"], autograded["correct"]
     assert all(score == 0 for score, _ in scores(blank).values()) and blank["score"] == 0, scores(blank)
@@ -359,6 +363,7 @@ def test_autograder_gives_blank_stubs_0_and_a_correct_solution_full_marks(autogr
     assert "skipped: blocked by" in blank["tests"][3]["output"]
 
 
+@pytest.mark.slow
 def test_autograder_takes_the_scores_step_of_sqrt_d_model(autograded):
     results = autograded["sqrt_d_model"]
     attention = next(test for test in results["tests"] if test["name"] == "Attention")
@@ -370,6 +375,7 @@ def test_autograder_takes_the_scores_step_of_sqrt_d_model(autograded):
     assert scores(results)["LayerNorm"] == (1.0, 1) and scores(results)["BertBlock"] == (1.0, 1)
 
 
+@pytest.mark.slow
 def test_autograder_gives_no_full_marks_to_a_block_without_dropout(autograded):
     results = autograded["no_dropout"]
     assert scores(results)["test_dropout_matches_hf_in_train_mode"] == (0, 1), scores(results)
@@ -378,10 +384,12 @@ def test_autograder_gives_no_full_marks_to_a_block_without_dropout(autograded):
 
 # Waits for the lead's test_block_applies_dropout_in_train_mode (issue 22): until then only
 # the whole-model test catches a block without dropout, and BertBlock itself gets full marks.
+@pytest.mark.slow
 def test_autograder_takes_bertblock_points_from_a_block_without_dropout(autograded):
     assert scores(autograded["no_dropout"])["BertBlock"][0] < 1
 
 
+@pytest.mark.slow
 def test_autograder_says_why_a_submission_scores_0(autograded):
     syntax, none, nested = autograded["syntax_error"], autograded["none"], autograded["in_a_folder"]
     endless = autograded["endless"]  # (its tests were given 8 seconds)

@@ -302,8 +302,7 @@ def make_kit(out_dir: Path, course, root: Path = ROOT, hidden: bool = False,
     exercise_values.pt that record_values made (else it is made now: a run of the exercises)."""
     if not isinstance(course, dict):
         course = courses.load(None, blank=list(course))
-    check_test_names(course, [*(root / name for name in KIT_FILES if name.startswith("test_")),
-                              *(entry["source"] for entry in course["files"])])
+    check_test_names(course, root)
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise SystemExit(f"{out_dir} is not empty; give a new or empty folder")
@@ -324,9 +323,11 @@ def make_kit(out_dir: Path, course, root: Path = ROOT, hidden: bool = False,
     (out_dir / "STUDENT.md").write_text(student_md(course))
 
 
-def check_test_names(course, test_files) -> None:
+def check_test_names(course, root: Path = ROOT) -> None:
     """Every step and whole-model test the course gives points is a test function of the kit's
     (or the hidden) test files: a misspelt one would silently score 0 in every submission."""
+    test_files = [*(root / name for name in KIT_FILES if name.startswith("test_")),
+                  *(entry["source"] for entry in course["files"])]
     functions = {node.name for path in test_files for node in ast.walk(ast.parse(path.read_text()))
                  if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
     named = [*course["model_tests"], *(step for table in course["steps"].values() for step in table)]
@@ -408,6 +409,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown class {', '.join(unknown)}; choose from: {', '.join(COMPONENTS)}")
     default = args.course == ROOT / "course.toml" and not args.course.is_file()
     course = courses.load(None if default else args.course, blank=args.blank)
+    check_test_names(course)  # (before the values take their time)
     with tempfile.TemporaryDirectory() as folder:
         values = args.values or Path(folder) / VALUES_FILE
         if args.values is None:
