@@ -675,6 +675,7 @@ class StoredValues:
 
     def __init__(self, path):
         self.path, self.values, self.key = path, torch.load(path, weights_only=False), Keys()
+        self.seed = self.values.get("seed", 0)  # of the references these values belong to
 
     def get(self, name, *args):
         key = self.key(name)

@@ -198,6 +198,22 @@ def test_layer_norm_of_a_nearly_constant_input(ref):
 
 
 @exercise("LayerNorm")
+@small_only
+def test_layer_norm_in_half_precision(ref):
+    hint = ("LayerNorm in float16 (or bfloat16): take the mean and variance in float32 "
+            "(x.float()): x.pow(2) overflows float16 (largest number 65504) once |x| > 256; "
+            "then return the output in the input's dtype")
+    layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm).to(torch.float16)
+    x = ref.inputs["bert.embeddings.LayerNorm"] * 3000  # entries up to ~1000
+    with torch.no_grad():
+        expected = ref.hf.bert.embeddings.LayerNorm(x)  # float64
+    out = output_of(layer_norm, x.half(), hint=hint)
+    assert out.dtype == torch.float16, f"LayerNorm: given float16, return float16, not {out.dtype}\n\n{hint}"
+    assert out.isfinite().all(), f"LayerNorm in float16: your output has inf or NaN\n\n{hint}"
+    check(out.double(), expected, hint, atol=3e-2)  # (float16 keeps about 3 digits)
+
+
+@exercise("LayerNorm")
 def test_layer_norm_scale_hook(ref):
     hint = "LayerNorm hook_scale: sqrt(var + eps), shape [batch, pos, 1]"
     layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
@@ -645,12 +661,13 @@ def example_inputs(config_kwargs, batch=3, n_pos=11, seed=1):
 
 
 class Reference:
-    """A random HF BertForPreTraining, its inputs, and each module's input and output."""
+    """A random HF BertForPreTraining, its inputs, and each module's input and output. `seed`
+    draws the weights and the token ids (a kit's autograder uses its own: see VALUES)."""
 
-    def __init__(self, config_kwargs, dtype=torch.float64):
-        self.hf = random_hf_model(config_kwargs, dtype=dtype)
+    def __init__(self, config_kwargs, dtype=torch.float64, seed=0):
+        self.hf = random_hf_model(config_kwargs, dtype=dtype, seed=seed)
         self.cfg = hb.Config.from_hf(self.hf.config)
-        self.tokens, self.token_type_ids, self.mask = example_inputs(config_kwargs)
+        self.tokens, self.token_type_ids, self.mask = example_inputs(config_kwargs, seed=seed + 1)
         self.inputs, self.outputs = {}, {}
         handles = [module.register_forward_hook(self._recorder(name))
                    for name, module in self.hf.named_modules()]
@@ -675,7 +692,7 @@ class Reference:
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def ref(request):
-    return Reference(CONFIGS[request.param])
+    return Reference(CONFIGS[request.param], seed=VALUES.seed)
 
 
 def check(actual, expected, hint, atol=F64_ATOL, step=None, given=None):
@@ -688,7 +705,9 @@ def check(actual, expected, hint, atol=F64_ATOL, step=None, given=None):
 # The values that take a formula in our layout (the attention scores from HuggingFace's q and
 # k, LayerNorm's scale, what each catalogued mistake makes): computed by exercise_values.py in
 # the repository; in a student kit, read from exercise_values.pt, which the repository's run
-# of these same tests recorded (the kit carries values, not the formulas).
+# of these same tests recorded (the kit carries values, not the formulas). The references'
+# weights and inputs come from a seed, 0 here and in the students' kit: an autograder's kit
+# has values of its own seed, so that a forward that looks up the students' values fails.
 VALUES_FILE = Path(__file__).with_name("exercise_values.pt")
 
 
@@ -1783,7 +1802,8 @@ def test_float16_layer_norm_does_not_overflow():
         hf_half = hf.half()(tokens, token_type_ids=token_type_ids, attention_mask=mask).logits
         model = hb.HookedEncoder.from_pretrained("random", hf_model=hf.float(), dtype=torch.float16)
         logits = model(tokens, "logits", token_type_ids, mask).float()
-    assert logits.isfinite().all(), "LayerNorm in float16 must take its statistics in float32"
+    assert logits.isfinite().all(), ("float16 logits with inf or NaN: LayerNorm must take its "
+                                     "statistics in float32 (x.float()), then cast back")
     # float16 rounds op by op, and not at the same places as HuggingFace's fused nn.Linear: over
     # 8 seeds our mean error was 1.0x to 1.9x HuggingFace's own (1.09x for this one).
     error, hf_error = (logits - expected).abs().mean(), (hf_half.float() - expected).abs().mean()

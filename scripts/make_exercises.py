@@ -22,6 +22,7 @@ import argparse
 import ast
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,8 @@ STUBS = {
         # 3. normalized = (centred x) / scale, [batch, pos, d_model], through
         #    self.hook_normalized;
         # 4. return normalized * self.w + self.b.
+        # In float16 or bfloat16, do 1-4 in float32 (x.float(): x.pow(2) overflows float16 above
+        # 256), and return the output in the input's dtype.
         # Check: pytest -k test_layer_norm
     """,
     "BertEmbed": """
@@ -103,6 +106,8 @@ STUBS = {
         # Post-LN, as in BERT (not pre-LN, as in GPT-2): each sublayer reads the residual stream,
         # its output (after self.dropout) is added to it, and THEN comes the LayerNorm.
         # Attention (self.attn, with key_is_padding) and self.ln1, then self.mlp and self.ln2.
+        # hook_resid_mid holds resid_pre + attn_out (before ln1), hook_resid_post the sum that
+        # ln2 normalizes.
         # Hooks, in the order they fire, each [batch, pos, d_model]: self.hook_resid_pre,
         # self.hook_attn_out, self.hook_resid_mid, self.hook_mlp_out, self.hook_resid_post,
         # self.hook_normalized_resid_post (the block's output). Which stream does the MLP's
@@ -337,10 +342,12 @@ def check_test_names(course, root: Path = ROOT) -> None:
                          f"(in {', '.join(sorted(path.name for path in test_files))})")
 
 
-def record_values(path: Path, root: Path = ROOT) -> None:
+def record_values(path: Path, root: Path = ROOT, seed: int = 0) -> None:
     """Run the exercise tests here once, on the complete hooked_bert.py, recording every value
-    they take from exercise_values.py into `path`: the kit's tests read these instead."""
-    env = {**os.environ, "HB_RECORD_VALUES": str(path), "HF_HUB_OFFLINE": "1"}
+    they take from exercise_values.py into `path`: the kit's tests read these instead. `seed`:
+    of the references' weights and inputs (0: the repository's own)."""
+    env = {**os.environ, "HB_RECORD_VALUES": str(path), "HF_HUB_OFFLINE": "1",
+           "HB_REFERENCE_SEED": str(seed)}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
                           "component", "test_hooked_bert.py"], cwd=root, env=env,
                          capture_output=True, text=True)
@@ -369,11 +376,14 @@ exec python3 "${AUTOGRADER_ROOT:-/autograder}/source/scripts/autograde.py"
 """
 
 
-def make_autograder(zip_path: Path, course, root: Path = ROOT, values: Path = None) -> None:
+def make_autograder(zip_path: Path, course, root: Path = ROOT) -> None:
     """Gradescope's autograder zip: setup.sh and run_autograder at its top, the kit with the
-    hidden test files beside them, and the grading scripts in scripts/."""
+    hidden test files beside them, and the grading scripts in scripts/. Its reference values
+    are of other weights and inputs than the students' kit (a seed drawn now), so a forward
+    that looks up the answers in the students' exercise_values.pt scores nothing."""
     with tempfile.TemporaryDirectory() as folder:
-        source = Path(folder) / "source"
+        source, values = Path(folder) / "source", Path(folder) / VALUES_FILE
+        record_values(values, root, seed=secrets.randbelow(10 ** 6) + 1)
         make_kit(source, course, root, hidden=True, values=values)
         (source / "scripts").mkdir()
         for name in AUTOGRADER_SCRIPTS:
@@ -418,7 +428,7 @@ def main(argv=None) -> int:
         print(f"wrote {args.out_dir}: blanked {', '.join(course['blank'])}; "
               "students start with STUDENT.md")
         if args.autograder:
-            make_autograder(args.autograder, course, values=values)
+            make_autograder(args.autograder, course)
             print(f"wrote {args.autograder}: upload it to Gradescope as the autograder")
     return 0
 
