@@ -4,9 +4,10 @@ A ```python block runs; the ```text block right after it, if any, is what it mus
 (numbers may differ by a little: 2% or 0.015). A ```text varies block is output whose numbers
 depend on training (part 2): only its words must match, and the `assert`s in the code block
 above it state what its numbers must satisfy. A ```python no-run block (it needs the
-internet) is shown but not run. A ```python solution block (an exercise's solution, inside a
-<details> fold) runs like a python block, but the notebook shows it folded, as text. After a block that a `![...](file.png)` line follows, the
-runner saves the block's figure there (the tutorial itself only shows it).
+internet, or minutes of training) is shown but not run. A ```python solution block (an
+exercise's solution, inside a <details> fold) runs like a python block, but the notebook shows
+it folded, as text. After a block that a `![...](file.png)` line follows, the runner saves the
+block's figure there (the tutorial itself only shows it).
 
 The prose is checked too. Every decimal number or percentage a sentence states carries an
 HTML comment right after it (invisible when rendered) that says how to check it:
@@ -46,8 +47,8 @@ BLOCK = re.compile(r"```(python|python no-run|python solution|text|text varies|t
 RUN = ("python", "python solution")  # the blocks that run, in order, as one session
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 FIGURE = re.compile(r"^!\[[^\]]*\]\(([^)]+\.png)\)$", re.M)
-# A number a sentence states: a decimal or a percentage (not 1,000 or section 12).
-STATED = re.compile(r"(?<![\w.,^])-?\d+(?:\.\d+|%)(?![\w.]\d)")
+# A number a sentence states: a decimal or a percentage (not 1,000, section 12 or Exercise 8.3).
+STATED = re.compile(r"(?<![\w.,^])(?<!xercise )-?\d+(?:\.\d+|%)(?![\w.]\d)")
 CHECKED = re.compile(r"(?:(-?\d+(?:\.\d+)?%?) to )?(-?\d+(?:\.\d+)?%?)<!--\s*(.*?)\s*-->")
 
 

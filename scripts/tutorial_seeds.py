@@ -10,6 +10,8 @@ once with PyTorch's kernels for this CPU and once with its plain ones (ATEN_CPU_
 standing in for another machine), each run in its own process on one thread, and prints each
 measurement's lowest, median and highest value over all the runs. The prose of part 2 states
 ranges that contain these (with a margin), and scripts/run_tutorial.py checks that they do.
+Each run's result is kept in the temporary folder under the hash of what it ran (part 2's
+code, hooked_bert.py, torch's version, the kernels), so a second call reruns only what changed.
 
     python scripts/tutorial_seeds.py                 seeds 0 to 15, both kernel sets, 2 runs at a time
     python scripts/tutorial_seeds.py --seeds 4       seeds 0 to 3
@@ -104,16 +106,24 @@ def measure(seed: int) -> tuple[list[float], list[str]]:
     return [float(read(session)) for _, read, _ in MEASUREMENTS], failed
 
 
-def one_run(seed: int) -> tuple[list[float], list[str]]:
-    """measure(seed) in this process, on one thread, or its result from an earlier run of the
-    same part 2 code, hooked_bert.py, torch and kernels (kept in the temporary folder)."""
+def cache_file(seed: int, kernels: str) -> Path:
+    """Where the result of a run of part 2's code (as tutorial.md has it now) with `seed` and
+    `kernels` (a key of KERNELS), this hooked_bert.py and this torch is kept."""
     import hashlib
 
     import torch
     key = hashlib.sha256("\n".join(part_2_code(seed) + [
         (TUTORIAL.parent / "hooked_bert.py").read_text(), torch.__version__,
-        os.environ.get("ATEN_CPU_CAPABILITY", "this"), repr([label for label, _, _ in MEASUREMENTS])]).encode())
-    cached = Path(tempfile.gettempdir()) / "tutorial_seeds" / f"{key.hexdigest()[:24]}.json"
+        KERNELS[kernels] or "this", repr([label for label, _, _ in MEASUREMENTS])]).encode())
+    return Path(tempfile.gettempdir()) / "tutorial_seeds" / f"{key.hexdigest()[:24]}.json"
+
+
+def one_run(seed: int) -> tuple[list[float], list[str]]:
+    """measure(seed) in this process, on one thread, or its result from an earlier run of the
+    same part 2 code, hooked_bert.py, torch and kernels (kept in the temporary folder)."""
+    import torch
+    kernels = {value: name for name, value in KERNELS.items()}[os.environ.get("ATEN_CPU_CAPABILITY")]
+    cached = cache_file(seed, kernels)
     if cached.exists():
         return tuple(json.loads(cached.read_text()))
     torch.set_num_threads(1)
@@ -139,10 +149,20 @@ def measure_in_process(seed: int, kernels: str) -> tuple[list[float], list[str]]
     return values, [f"{line} ({kernels} kernels)" for line in failed]
 
 
-def table(values: dict[str, list[float]], seeds: int, kernels: list[str], jobs: int, seconds: float) -> str:
-    lines = [f"{seeds} seeds (0 to {seeds - 1}) x {len(kernels)} kernel sets ({', '.join(kernels)}), "
-             f"each run on one thread, {jobs} at a time: {seconds:.0f} s",
-             f"{'measurement':46}{'min':>9}{'median':>9}{'max':>9}"]
+def describe(done: list[tuple[int, str]]) -> str:
+    """What the runs `done` [(seed, kernels)] were, e.g. "seeds 0 to 15 on this CPU's kernels"."""
+    parts = []
+    for kernels in KERNELS:
+        seeds = sorted(seed for seed, k in done if k == kernels)
+        if seeds:
+            span = f"{seeds[0]} to {seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else str(seeds)
+            where = "this CPU's kernels" if kernels == "this" else "the plain kernels (ATEN_CPU_CAPABILITY=default)"
+            parts.append(f"seeds {span} on {where}")
+    return f"{len(done)} runs: " + ", and ".join(parts)
+
+
+def table(values: dict[str, list[float]], done: list[tuple[int, str]], how: str) -> str:
+    lines = [describe(done), how, f"{'measurement':46}{'min':>9}{'median':>9}{'max':>9}"]
     for label, _, decimals in MEASUREMENTS:
         low, mid, high = min(values[label]), statistics.median(values[label]), max(values[label])
         lines.append(f"{label:46}" + "".join(f"{v:9.{decimals}f}" for v in (low, mid, high)))
@@ -157,6 +177,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="runs at once, each in its own process on one thread (default: one per core)")
     parser.add_argument("--update", action="store_true", help="write the table into tutorial.md's ```text seeds block")
+    parser.add_argument("--cached", action="store_true",
+                        help="run nothing: the table of the runs asked for that an earlier call has kept")
     parser.add_argument("--one-run", type=int, metavar="SEED", help=argparse.SUPPRESS)  # a worker process
     args = parser.parse_args(argv)
     if args.one_run is not None:
@@ -165,13 +187,20 @@ def main(argv=None) -> int:
     kernels = args.kernels.split(",")
     if args.seeds < 1 or args.jobs < 1 or not set(kernels) <= set(KERNELS):
         parser.error(f"--seeds and --jobs must be at least 1 and --kernels among {list(KERNELS)}")
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each thread waits on a process
-        runs = list(pool.map(lambda run: measure_in_process(*run),
-                             [(seed, k) for k in kernels for seed in range(args.seeds)]))
+    start, asked = time.perf_counter(), [(seed, k) for k in kernels for seed in range(args.seeds)]
+    if args.cached:
+        done = [(seed, k) for seed, k in asked if cache_file(seed, k).exists()]
+        runs = [tuple(json.loads(cache_file(seed, k).read_text())) for seed, k in done]
+        how = "each run on one thread (kept from earlier calls)"
+    else:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each thread waits on a process
+            runs, done = list(pool.map(lambda run: measure_in_process(*run), asked)), asked
+        how = f"each run on one thread, {args.jobs} at a time: {time.perf_counter() - start:.0f} s"
+    if not runs:
+        raise SystemExit("no runs to make a table of")
     values = {label: [run[i] for run, _ in runs] for i, (label, _, _) in enumerate(MEASUREMENTS)}
     failed = [line for _, failed_here in runs for line in failed_here]
-    printed = table(values, args.seeds, kernels, args.jobs, time.perf_counter() - start)
+    printed = table(values, done, how)
     print(printed, end="")
     print("\n".join(["asserts that failed:"] + failed) if failed else "every assert of part 2 held in every run")
     if args.update:
