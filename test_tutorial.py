@@ -81,7 +81,7 @@ def test_every_exercise_is_numbered_by_its_section_and_has_a_folded_solution():
         assert heading.startswith(f"{section}. "), f"Exercise {number} is under section {heading.split(chr(10))[0]!r}"
         assert "<details>" in body and "</details>" in body and "Solution" in body, f"Exercise {number} has no solution"
     # no old-style references to "exercise 3" without its section
-    assert not re.search(r"[Ee]xercise \d+(?!\.\d)", TUTORIAL), re.findall(r"[Ee]xercise \d+(?!\.\d)", TUTORIAL)
+    assert not re.search(r"[Ee]xercise \d+\b(?!\.\d)", TUTORIAL), re.findall(r"[Ee]xercise \d+\b(?!\.\d)", TUTORIAL)
 
 
 def test_seed_ranges_must_hold_every_run():
@@ -111,3 +111,27 @@ def test_module_docstring_states_no_stale_line_numbers():
     for start, end in re.findall(r"lines (\d+)-(\d+)", hb.__doc__):
         assert source[int(start) - 1].startswith("# Part 1") or int(end) == banner - 2, (
             f"hooked_bert.py's docstring says part 1 is lines {start}-{end}; the Part 2 banner is at {banner}")
+
+
+def test_notebook_leaves_out_large_html_but_keeps_figures():
+    nbformat = pytest.importorskip("nbformat")
+    run_tutorial = script("run_tutorial")
+    view = nbformat.v4.new_output("display_data", data={"text/html": "x" * 200_000, "text/plain": "view"})
+    figure = nbformat.v4.new_output("display_data", data={"image/png": "y" * 200_000, "text/plain": "fig"})
+    small = nbformat.v4.new_output("display_data", data={"text/html": "<b>small</b>"})
+    cell = nbformat.v4.new_code_cell("x", outputs=[view, figure, small])
+    run_tutorial.leave_out_large_outputs(nbformat.v4.new_notebook(cells=[cell]))
+    assert list(cell.outputs[0]["data"]) == ["text/plain"] and "not stored" in cell.outputs[0]["data"]["text/plain"]
+    assert cell.outputs[1]["data"]["image/png"] == "y" * 200_000
+    assert cell.outputs[2]["data"]["text/html"] == "<b>small</b>"
+
+
+def test_a_solution_stays_folded_in_the_notebook():
+    pytest.importorskip("jupytext")
+    run_tutorial = script("run_tutorial")
+    text = ("**Exercise 1.1. Try.** Do it.\n\n<details><summary>Solution</summary>\n\n"
+            "```python solution\nx = 1\n```\n\n```text\n1\n```\n\nSo it is.\n\n</details>\n\n## 2. Next\n")
+    cells = run_tutorial.notebook_cells(text)[2:]   # after the note and the Colab cell
+    assert [c.cell_type for c in cells] == ["markdown"]
+    assert cells[0].source.count("<details>") == cells[0].source.count("</details>") == 1
+    assert "x = 1" in cells[0].source and "So it is." in cells[0].source

@@ -69,7 +69,8 @@ SIZES = dict(batch=2, pos=3, d_model=24, n_heads=4, d_head=6, d_mlp=10)  # all d
 def tiny_model():
     """A one-layer HookedEncoder whose sizes are SIZES (random weights: only names and shapes
     are read)."""
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     import hooked_bert as hb
     s = SIZES
     cfg = hb.Config(d_vocab=7, n_ctx=5, d_model=s["d_model"], n_heads=s["n_heads"],

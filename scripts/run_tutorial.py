@@ -303,14 +303,14 @@ def write_notebook(path: Path = NOTEBOOK, execute: bool = True) -> float:
 
 
 def leave_out_large_outputs(notebook, limit: int = 100_000):
-    """Replace each output of more than `limit` characters with a line saying so. The
-    interactive attention view carries 1.3 MB of JavaScript, which a notebook opened from the
-    repository would not run anyway (Jupyter runs no JavaScript of an untrusted notebook, and
-    GitHub none at all): rerunning the cell shows it."""
+    """Replace each HTML or JavaScript output of more than `limit` characters with a line saying
+    so (figures stay). The interactive attention view carries 1.3 MB of JavaScript, which a
+    notebook opened from the repository would not run anyway (Jupyter runs no JavaScript of an
+    untrusted notebook, and GitHub none at all): rerunning the cell shows it."""
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
-            size = sum(len(value) for value in data.values() if isinstance(value, str))
+            size = sum(len(data[kind]) for kind in ("text/html", "application/javascript") if kind in data)
             if size > limit:
                 output["data"] = {"text/plain": f"(an interactive view of {size // 1000} kB, not stored "
                                                 "in the notebook: run this cell to see it)"}
