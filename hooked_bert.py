@@ -1,12 +1,12 @@
 """hooked_bert.py: BERT in one readable file, with a hook on every interesting activation.
 
-How to read it. Part 1 (lines 42-592) is BERT: a tiny `HookPoint`, the `Config` (with the
-activation functions and a named-dimension `einsum`), every component in the order data flows
+How to read it. Part 1 (up to the "Part 2" banner) is BERT: a tiny `HookPoint`, the `Config` (with
+the activation functions and a named-dimension `einsum`), every component in the order data flows
 through it (embeddings, LayerNorm, attention, MLP, the post-LN block, then the heads), and
 `HookedEncoder`, which puts them together; its last methods are doors to part 2. Part 2 is the
-machinery around BERT: the hook API and the activation cache, input checks and text input,
-loading HuggingFace weights, and a demo (`python hooked_bert.py [model name or folder] [text]`).
-Read part 1 first; you may never need part 2. tutorial.md walks through both.
+machinery around BERT: the hook API and the activation cache, input checks and text input, loading
+HuggingFace weights, and a demo (`python hooked_bert.py [model name or folder] [text]`). Read part
+1 first; you may never need part 2. tutorial.md walks through both.
 
 What it reproduces:
 - Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
@@ -101,7 +101,9 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
 # The activations BERT checkpoints use, by their HuggingFace `hidden_act` names.
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "gelu": F.gelu,  # exact GELU, x * Phi(x) with the erf: what original BERT uses
+    # HF's "gelu" is the exact GELU, x * Phi(x) with the erf; Google's own BERT code (modeling.py)
+    # has computed the tanh approximation, HF's "gelu_new". Checkpoints name theirs.
+    "gelu": F.gelu,
     "gelu_new": gelu_tanh,
     "gelu_pytorch_tanh": gelu_tanh,
     "relu": F.relu,
@@ -153,7 +155,8 @@ def _einsum_letters(spec: str) -> str:
 
 
 def einsum(spec: str, *tensors: Tensor) -> Tensor:
-    """torch.einsum with whole words as dimension names, so the shapes read as they are."""
+    """torch.einsum with whole words as dimension names, so the shapes read as they are.
+    A name missing from the output (after ->) is summed over: "..., d_model d_mlp -> ... d_mlp"."""
     try:
         return torch.einsum(_einsum_letters(spec), *tensors)
     except RuntimeError as error:  # torch's message names the letters: say it in our names
@@ -366,8 +369,8 @@ class BertBlock(nn.Module):
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
-        self.hook_normalized_resid_post = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model], the stream *before* ln2
+        self.hook_normalized_resid_post = HookPoint()  # after ln2: what the next block reads
 
     def forward(self, resid_pre: Tensor, key_is_padding: Optional[Tensor] = None) -> Tensor:
         resid_pre = self.hook_resid_pre(resid_pre)
@@ -478,7 +481,8 @@ class HookedEncoder(nn.Module):
         self.unembed = Unembed(cfg, W_E=self.embed.embed.W_E)  # used only if tie_word_embeddings
         self.pooler = BertPooler(cfg)
         self.nsp_head = BertNSPHead(cfg)
-        self.missing_heads = missing_heads_kept_in_state_dict(self)  # heads with no loaded weights
+        # the pretraining heads (mlm_head, unembed, pooler, nsp_head) left without weights
+        self.missing_heads = missing_heads_kept_in_state_dict(self)
         self.hook_dict = name_hook_points(self)  # {"blocks.0.attn.hook_z": that HookPoint, ...}
         self.init_weights()
 

@@ -4,8 +4,10 @@ A ```python block runs; the ```text block right after it, if any, is what it mus
 (numbers may differ by a little: 2% or 0.015). A ```text varies block is output whose numbers
 depend on training (part 2): only its words must match, and the `assert`s in the code block
 above it state what its numbers must satisfy. A ```python no-run block (it needs the
-internet) is shown but not run. After a block that a `![...](file.png)` line follows, the
-runner saves the block's figure there (the tutorial itself only shows it).
+internet, or minutes of training) is shown but not run. A ```python solution block (an
+exercise's solution, inside a <details> fold) runs like a python block, but the notebook shows
+it folded, as text. After a block that a `![...](file.png)` line follows, the runner saves the
+block's figure there (the tutorial itself only shows it).
 
 The prose is checked too. Every decimal number or percentage a sentence states carries an
 HTML comment right after it (invisible when rendered) that says how to check it:
@@ -14,9 +16,12 @@ HTML comment right after it (invisible when rendered) that says how to check it:
                                           within the tolerance of the number
     0.976<!-- shown -->                  the number is in the output block shown above (a
                                           result "in this run", when that block varies)
-    0.82 to 0.998<!-- seeds: label -->   the lowest and highest value of the row `label` in
-                                          the ```text seeds table (scripts/tutorial_seeds.py);
-    0.998<!-- seeds: label min -->      or one of its columns: min, median or max
+    0.80 to 1.000<!-- seeds: label -->   a range that holds every run of the row `label` of the
+                                          ```text seeds table (scripts/tutorial_seeds.py: seeds
+                                          0-15, two kernel sets): at most its min, at least its max
+    0.99<!-- seeds: label min -->        at most the row's min ("at least 0.99 in every run")
+    1.3<!-- seeds: label max -->         at least the row's max ("at most 1.3")
+    0.86<!-- seeds: label median -->     the row's median, as printed
 
     python scripts/run_tutorial.py              check that tutorial.md still holds
     python scripts/run_tutorial.py --update     rewrite its output blocks and figures from a run now
@@ -38,11 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "tutorial.md"
 NOTEBOOK = ROOT / "tutorial.ipynb"
 REPOSITORY = "https://github.com/hooked-bert/hooked-bert"  # what the notebook's Colab cell clones
-BLOCK = re.compile(r"```(python|python no-run|text|text varies|text seeds|bash)\n(.*?)```\n", re.S)
+BLOCK = re.compile(r"```(python|python no-run|python solution|text|text varies|text seeds|bash)\n(.*?)```\n", re.S)
+RUN = ("python", "python solution")  # the blocks that run, in order, as one session
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 FIGURE = re.compile(r"^!\[[^\]]*\]\(([^)]+\.png)\)$", re.M)
-# A number a sentence states: a decimal or a percentage (not 1,000 or section 12).
-STATED = re.compile(r"(?<![\w.,^])-?\d+(?:\.\d+|%)(?![\w.]\d)")
+# A number a sentence states: a decimal or a percentage (not 1,000, section 12 or Exercise 8.3).
+STATED = re.compile(r"(?<![\w.,^])(?<!xercise )-?\d+(?:\.\d+|%)(?![\w.]\d)")
 CHECKED = re.compile(r"(?:(-?\d+(?:\.\d+)?%?) to )?(-?\d+(?:\.\d+)?%?)<!--\s*(.*?)\s*-->")
 
 
@@ -65,6 +71,19 @@ def seed_table(text: str) -> dict[str, tuple[str, str, str]]:
 
 def close(a: float, b: float) -> bool:
     return abs(a - b) <= 0.015 + 0.02 * max(abs(a), abs(b))
+
+
+def holds_every_run(first: str, number: str, column, row: tuple[str, str, str]) -> bool:
+    """Whether a stated range (first to number), bound (column min or max) or median holds the
+    seed table's row (min, median, max)."""
+    low, median, high = (float(v) for v in row)
+    value = float(number.rstrip("%")) / (100 if number.endswith("%") else 1)
+    if column is None:
+        start = float(first.rstrip("%")) / (100 if first.endswith("%") else 1) if first else value
+        return start <= low and value >= high
+    if first:
+        return False
+    return {"min": value <= low, "max": value >= high, "median": number == row[1]}[column]
 
 
 def prose_problems(prose: str, namespace: dict, shown: str, seeds: dict) -> list[str]:
@@ -91,8 +110,9 @@ def prose_problems(prose: str, namespace: dict, shown: str, seeds: dict) -> list
             row = seeds.get(label)
             if row is None:
                 problems.append(f"{number}: no row {label!r} in the seed table")
-            elif (first, number) != (("", row[("min", "median", "max").index(column)]) if column else (row[0], row[2])):
-                problems.append(f"{first + ' to ' if first else ''}{number}: the seed table's {label!r} row is {row}")
+            elif not holds_every_run(first, number, column, row):
+                problems.append(f"{first + ' to ' if first else ''}{number}: the seed table's {label!r} row "
+                                f"(min, median, max) is {row}")
         else:
             problems.append(f"{number}: unknown check {how!r}")
     unchecked = STATED.findall(re.sub(r"<!--.*?-->", "", CHECKED.sub("", prose), flags=re.S))
@@ -106,7 +126,7 @@ def run_blocks(text: str, workdir: Path, save_figures: bool = True):
     after it or None, and the problems of the prose that follows it, up to the next block)."""
     found, results, namespace = blocks(text), [], {"__name__": "__tutorial__"}
     seeds = seed_table(text)
-    python = [i for i, (kind, _, _) in enumerate(found) if kind == "python"]
+    python = [i for i, (kind, _, _) in enumerate(found) if kind in RUN]
     sys.path.insert(0, str(ROOT))
     old_cwd = os.getcwd()
     threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
@@ -173,7 +193,7 @@ def update(workdir: Path):
     pieces, last = [], 0
     found = blocks(text)
     for i, (kind, code, match) in enumerate(found):
-        if kind != "python":
+        if kind not in RUN:
             continue
         _, printed, _, _ = next(results)
         following = found[i + 1] if i + 1 < len(found) else None
@@ -214,8 +234,8 @@ def notebook_cells(text: str):
     cells, after_code = [new_markdown_cell(GENERATED), new_code_cell(COLAB_CELL)], False
     for cell in jupytext.reads(text, fmt="md").cells:
         source = cell.source
-        if cell.cell_type == "code" and "incorrectly_encoded_metadata" in cell.metadata:
-            cell, source = new_markdown_cell(f"```python\n{source}\n```"), None  # a no-run block
+        if cell.cell_type == "code" and ({"incorrectly_encoded_metadata", "solution"} & set(cell.metadata)):
+            cell, source = new_markdown_cell(f"```python\n{source}\n```"), None  # no-run or solution
         elif cell.cell_type == "code" and source.startswith("%%bash\n"):
             cell, source = new_markdown_cell(f"```bash\n{source[len('%%bash'):].lstrip()}\n```"), None
         if cell.cell_type == "markdown" and source is not None:
@@ -229,7 +249,21 @@ def notebook_cells(text: str):
             cell = new_code_cell(source)
         cells.append(cell)
         after_code = cell.cell_type == "code"
-    return cells
+    return merge_folds(cells)
+
+
+def merge_folds(cells):
+    """Markdown cells that a <details> fold spans (a solution's text and code), merged into one
+    cell, so that the fold holds them all."""
+    merged = []
+    for cell in cells:
+        previous = merged[-1] if merged else None
+        if (cell.cell_type == "markdown" and previous is not None and previous.cell_type == "markdown"
+                and previous.source.count("<details>") > previous.source.count("</details>")):
+            previous.source += "\n\n" + cell.source
+        else:
+            merged.append(cell)
+    return merged
 
 
 def notebook_code_cells(path: Path = NOTEBOOK) -> list[str]:
@@ -263,8 +297,23 @@ def write_notebook(path: Path = NOTEBOOK, execute: bool = True) -> float:
             NotebookClient(notebook, timeout=900, kernel_name="python3",
                            resources={"metadata": {"path": tmp}}).execute()
             seconds = time.perf_counter() - start
+        leave_out_large_outputs(notebook)
     nbformat.write(notebook, path)
     return seconds
+
+
+def leave_out_large_outputs(notebook, limit: int = 100_000):
+    """Replace each HTML or JavaScript output of more than `limit` characters with a line saying
+    so (figures stay). The interactive attention view carries 1.3 MB of JavaScript, which a
+    notebook opened from the repository would not run anyway (Jupyter runs no JavaScript of an
+    untrusted notebook, and GitHub none at all): rerunning the cell shows it."""
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            size = sum(len(data[kind]) for kind in ("text/html", "application/javascript") if kind in data)
+            if size > limit:
+                output["data"] = {"text/plain": f"(an interactive view of {size // 1000} kB, not stored "
+                                                "in the notebook: run this cell to see it)"}
 
 
 if __name__ == "__main__":
