@@ -1,17 +1,20 @@
 """Benchmark: hooked_bert against HuggingFace, side by side, in one process.
 
-    python bench.py [--batch 8] [--pos 128] [--layers 12] [--repeats 9] [--train-repeats 5]
-    python bench.py --training-only      # only the training-step table
+    python bench.py [--batch 8] [--pos 128] [--layers 4 12] [--repeats 9] [--train-repeats 5]
+    python bench.py --training-only      # only the training-step tables
+    /work/tl39/bin/python bench.py       # the same, with TransformerLens 3.9 in the training table
 
 A bert-base-sized model (vocab 30522, 768 wide, 12 heads) with random weights and a padded
-batch. The contenders run interleaved, after a warm-up, and the median wall time of each is
-reported with its ratio to HuggingFace eager and to our plain forward, then the peak memory
-each one adds, then a probing-style loop that caches one activation over many batches.
+batch, at each depth of --layers. The contenders run interleaved, after a warm-up, and the
+median wall time of each is reported with its ratio to HuggingFace eager and to our plain
+forward, then the peak memory each one adds, then a probing-style loop that caches one
+activation over many batches.
 
-Then one masked-LM training step (train mode, so dropout on; forward with the loss on 15% of
-the tokens, backward, AdamW step) of our model against HuggingFace's BertForMaskedLM of the
-same config, interleaved in the same way. Our W_U is a parameter of its own where HuggingFace
-ties it to W_E, so our step also computes and applies an update for those 23M weights.
+Then one masked-LM training step (dropout off; forward with the loss on 15% of the tokens,
+backward, AdamW step) on --train-batch rows, of HuggingFace's BertForMaskedLM and of ours
+with the same weights: tied (W_U is W_E, as in HuggingFace) and untied (W_U a parameter of its
+own, as in TransformerLens, so its step also updates those 23M weights). If TransformerLens is
+importable, its HookedEncoder (untied, the same weights) runs in the same interleaving.
 
 Memory is the process's peak resident set size above what it held before the run (Linux
 VmHWM, reset through /proc/self/clear_refs). It is measured in a second process of this
@@ -26,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 import torch
 from transformers import BertConfig, BertForMaskedLM
@@ -54,16 +58,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pos", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--layers", type=int, nargs="+", default=[4, 12], help="the depths to run, in turn")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--probe-batches", type=int, default=20)
+    parser.add_argument("--train-batch", type=int, default=4, help="rows of the training step's batch")
     parser.add_argument("--train-repeats", type=int, default=5, help="timed training steps per contender")
     parser.add_argument("--training-only", action="store_true", help="time only the training step")
     parser.add_argument("--memory-only", action="store_true", help="(internal) print peak memory as JSON")
     args = parser.parse_args()
-    torch.manual_seed(0)
+    for n_layers in args.layers:
+        run_depth(args, n_layers)
+        print()
 
-    config = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=args.layers, num_attention_heads=12,
+
+def run_depth(args, n_layers):
+    """Every table for a model of n_layers layers."""
+    torch.manual_seed(0)
+    config = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=n_layers, num_attention_heads=12,
                   intermediate_size=3072, max_position_embeddings=512)
     hf_eager = BertForMaskedLM(BertConfig(**config, attn_implementation="eager")).eval()
     hf_sdpa = BertForMaskedLM(BertConfig(**config, attn_implementation="sdpa")).eval()
@@ -77,7 +88,10 @@ def main():
     token_type_ids = torch.zeros_like(tokens)
     hf_inputs = dict(input_ids=tokens, attention_mask=mask, token_type_ids=token_type_ids)
     our_inputs = dict(token_type_ids=token_type_ids, one_zero_attention_mask=mask)
-    middle = args.layers // 2
+    if args.training_only:
+        time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs)
+        return
+    middle = n_layers // 2
 
     def ablate_head(z, hook):
         z[:, :, 0] = 0.0
@@ -110,10 +124,6 @@ def main():
         print(json.dumps(memory))
         return
 
-    if args.training_only:
-        time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs, tokens)
-        return
-
     with torch.no_grad():
         for fn in contenders.values():  # warm-up
             fn()
@@ -123,11 +133,13 @@ def main():
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
-    memory_run = subprocess.run([sys.executable, *sys.argv, "--memory-only"], capture_output=True, text=True,
+    memory_args = [arg for arg in sys.argv[1:] if arg != "--training-only"]
+    memory_run = subprocess.run([sys.executable, sys.argv[0], *memory_args, "--layers", str(n_layers), "--memory-only"],
+                                capture_output=True, text=True,
                                 env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}, check=True)
     memory = json.loads(memory_run.stdout.strip().splitlines()[-1])
 
-    print(f"bert-base width, {args.layers} layers, batch {args.batch} x {args.pos} tokens (padded), "
+    print(f"bert-base width, {n_layers} layers, batch {args.batch} x {args.pos} tokens (padded), "
           f"float32, torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} runs\n")
     baseline = statistics.median(times["HF eager"])
     ours = statistics.median(times["ours, no hooks"])
@@ -141,21 +153,72 @@ def main():
           f"{memory['probe, 1 batch']:.0f} MiB for 1 batch, {memory['probe, many batches']:.0f} MiB "
           f"for {args.probe_batches} batches.")
     print()
-    time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs, tokens)
+    time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs)
 
 
-def time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs, tokens):
-    """One masked-LM training step (forward with the loss, backward, AdamW step), dropout on."""
+def fused_layer_norms(model):
+    """An ablation: every LayerNorm of model computed by F.layer_norm (its hooks then see nothing)."""
+    for module in model.modules():
+        if isinstance(module, hb.LayerNorm):
+            module.forward = lambda x, ln=module: torch.nn.functional.layer_norm(x, x.shape[-1:], ln.w, ln.b, ln.eps)
+    return model
+
+
+def transformer_lens_encoder(hf_model):
+    """TransformerLens's HookedEncoder with hf_model's weights, or None if it is not installed."""
+    try:
+        import transformer_lens
+        from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights
+        from transformers import BertForPreTraining
+    except ImportError:
+        return None
+    hf_config = hf_model.config
+    cfg = dict(d_model=hf_config.hidden_size, d_head=hf_config.hidden_size // hf_config.num_attention_heads,
+               n_heads=hf_config.num_attention_heads, d_mlp=hf_config.intermediate_size,
+               n_layers=hf_config.num_hidden_layers, n_ctx=hf_config.max_position_embeddings,
+               eps=hf_config.layer_norm_eps, d_vocab=hf_config.vocab_size, act_fn="gelu",
+               attention_dir="bidirectional", original_architecture="BertForMaskedLM", device="cpu")
+    # TransformerLens converts a model with a pooler and a next-sentence head: give it one with
+    # hf_model's weights (the two heads stay random; the masked-LM loss does not use them).
+    pretraining = BertForPreTraining(hf_config)
+    pretraining.load_state_dict(hf_model.state_dict(), strict=False)
+    with warnings.catch_warnings():  # HookedEncoder is deprecated in TransformerLens 3
+        warnings.simplefilter("ignore", DeprecationWarning)
+        encoder = transformer_lens.HookedEncoder(cfg, move_to_device=False)
+    encoder.load_state_dict(convert_bert_weights(pretraining, encoder.cfg), strict=False)
+    return encoder
+
+
+def time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs):
+    """One masked-LM training step (forward with the loss, backward, AdamW step), dropout off."""
+    rows = slice(0, args.train_batch)
+    tokens, mask, token_type_ids = (hf_inputs[key][rows] for key in ("input_ids", "attention_mask", "token_type_ids"))
+    hf_inputs = dict(input_ids=tokens, attention_mask=mask, token_type_ids=token_type_ids)
+    our_inputs = dict(token_type_ids=token_type_ids, one_zero_attention_mask=mask)
     generator = torch.Generator().manual_seed(1)
-    scored = (torch.rand(tokens.shape, generator=generator) < 0.15) & (our_inputs["one_zero_attention_mask"] == 1)
+    scored = (torch.rand(tokens.shape, generator=generator) < 0.15) & (mask == 1)
     labels = torch.where(scored, torch.randint(1000, 30000, tokens.shape, generator=generator), -100)
-    steps, optimizers = {}, {}
-    for name, net, loss_fn in [
+    tied = hb.HookedEncoder.from_pretrained("random bert-base", hf_model=hf_eager, tie_word_embeddings=True)
+    contenders = [
         ("HF eager", hf_eager, lambda: hf_eager(**hf_inputs, labels=labels).loss),
         ("HF sdpa", hf_sdpa, lambda: hf_sdpa(**hf_inputs, labels=labels).loss),
-        ("ours", model, lambda: model(tokens, return_type="loss", labels=labels, **our_inputs)),
-    ]:
-        net.train()
+        ("ours, tied", tied, lambda: tied(tokens, return_type="loss", labels=labels, **our_inputs)),
+        ("ours, untied", model, lambda: model(tokens, return_type="loss", labels=labels, **our_inputs)),
+    ]
+    # The price of our LayerNorm, written out op by op so that its hooks see scale and
+    # normalized: the same tied model, with PyTorch's fused kernel in every LayerNorm.
+    fused = fused_layer_norms(hb.HookedEncoder.from_pretrained("random", hf_model=hf_eager, tie_word_embeddings=True))
+    contenders.append(("ours, tied, F.layer_norm", fused,
+                       lambda: fused(tokens, return_type="loss", labels=labels, **our_inputs)))
+    lens = transformer_lens_encoder(hf_eager)
+    if lens is not None:
+        def lens_loss():
+            logits = lens(tokens, token_type_ids=token_type_ids, one_zero_attention_mask=mask)
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        contenders.append(("TransformerLens", lens, lens_loss))
+    steps, optimizers = {}, {}
+    for name, net, loss_fn in contenders:
+        net.eval()  # dropout off: the same computation for everyone
         optimizer = optimizers[name] = torch.optim.AdamW(net.parameters(), lr=1e-5)
 
         def step(loss_fn=loss_fn, optimizer=optimizer):
@@ -179,16 +242,20 @@ def time_training_step(args, hf_eager, hf_sdpa, model, hf_inputs, our_inputs, to
     times = {name: [sum(p) for p in runs] for name, runs in phases.items()}
     # the weights each step updates (our unused pooler and next-sentence head get no gradient)
     updated = {name: sum(p.numel() for p in optimizer.state) for name, optimizer in optimizers.items()}
-    print(f"Training step (forward + loss on {int(scored.sum())} masked tokens, backward, AdamW step), "
-          f"dropout on, batch {args.batch} x {args.pos}, median of {args.train_repeats} steps "
-          f"(and of each phase, in ms):\n")
+    print(f"Training step, {hf_eager.config.num_hidden_layers} layers (forward + loss on {int(scored.sum())} "
+          f"masked tokens, backward, AdamW step), dropout off, batch {args.train_batch} x {args.pos}, "
+          f"median of {args.train_repeats} steps (and of each phase, in ms); load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores:\n")
+    if lens is None:
+        print("(TransformerLens is not importable here: its row is left out.)\n")
     baseline = statistics.median(times["HF eager"])
-    print(f"| {'contender':10} | median ms | vs HF eager | forward | backward | optimizer | weights updated |")
-    print(f"|{'-' * 12}|-----------|-------------|---------|----------|-----------|-----------------|")
+    width = max(len(name) for name in steps)
+    print(f"| {'contender':{width}} | median ms | vs HF eager | forward | backward | optimizer | weights updated |")
+    print(f"|{'-' * (width + 2)}|-----------|-------------|---------|----------|-----------|-----------------|")
     for name in steps:
         median = statistics.median(times[name])
         forward, backward, optimizer = (statistics.median(run[i] for run in phases[name]) * 1000 for i in range(3))
-        print(f"| {name:10} | {median * 1000:9.1f} | {median / baseline:10.2f}x | {forward:7.0f} | {backward:8.0f} "
+        print(f"| {name:{width}} | {median * 1000:9.1f} | {median / baseline:10.2f}x | {forward:7.0f} | {backward:8.0f} "
               f"| {optimizer:9.0f} | {updated[name] / 1e6:14.1f}M |")
 
 

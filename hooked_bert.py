@@ -343,11 +343,9 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.hook_pre(
-            einsum("batch pos d_model, d_model d_mlp -> batch pos d_mlp", x, self.W_in) + self.b_in)
-        post = self.hook_post(self.act_fn(pre))
-        out = einsum("batch pos d_mlp, d_mlp d_model -> batch pos d_model", post, self.W_out)
-        return out + self.b_out  # [batch, pos, d_model]
+        pre = self.hook_pre(x @ self.W_in + self.b_in)  # [batch, pos, d_mlp]
+        post = self.hook_post(self.act_fn(pre))  # [batch, pos, d_mlp]
+        return post @ self.W_out + self.b_out  # [batch, pos, d_model]
 
 
 class BertBlock(nn.Module):
@@ -393,8 +391,8 @@ class BertMLMHead(nn.Module):
         self.ln = LayerNorm(cfg)
 
     def forward(self, resid: Tensor) -> Tensor:
-        x = einsum("batch pos d_model_in, d_model_in d_model -> batch pos d_model", resid, self.W)
-        return self.ln(self.act_fn(x + self.b))  # [batch, pos, d_model]
+        x = resid @ self.W + self.b  # [batch, pos, d_model]
+        return self.ln(self.act_fn(x))  # [batch, pos, d_model]
 
 
 class Unembed(nn.Module):
@@ -422,7 +420,7 @@ class Unembed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.hook_in(x)
         W_U = self.W_E.T if self.tied else self.W_U  # [d_model, d_vocab]
-        logits = einsum("batch pos d_model, d_model d_vocab -> batch pos d_vocab", x, W_U)
+        logits = x @ W_U  # [batch, pos, d_vocab]
         logits += self.b_U  # in place: the logits are by far the largest tensor, so don't copy them
         return self.hook_out(logits)
 
