@@ -163,7 +163,9 @@ def test_layer_norm(ref):
     layer_norm = make_layer_norm(ref.cfg, ref.hf.bert.embeddings.LayerNorm)
     x = ref.inputs["bert.embeddings.LayerNorm"]
     check(output_of(layer_norm, x, hint=hint), ref.outputs["bert.embeddings.LayerNorm"], hint,
-          step="layer_norm", given=lambda: layer_norm_inputs(ref, layer_norm, x))
+          step="layer_norm", given=lambda: layer_norm_inputs(  # (and what each hook should see)
+              ref, layer_norm, x, scale=VALUES.get("layer_norm_scale", ref, x),
+              normalized=VALUES.get("layer_norm_normalized", ref, x)))
 
 
 @exercise("LayerNorm")
@@ -187,7 +189,7 @@ def test_layer_norm_scale_hook(ref):
     x = ref.inputs["bert.embeddings.LayerNorm"]
     seen = run_until(layer_norm, (x,), "hook_scale", hint)
     check(seen["hook_scale"], VALUES.get("layer_norm_scale", ref, x), hint, step="layer_norm_scale",
-          given=lambda: layer_norm_inputs(ref, layer_norm, x))
+          given=lambda: layer_norm_inputs(ref, layer_norm, x, output=ref.outputs["bert.embeddings.LayerNorm"]))
 
 
 @exercise("LayerNorm")
@@ -199,7 +201,8 @@ def test_layer_norm_normalized_hook(ref):
     scale = VALUES.get("layer_norm_scale", ref, x)
     seen = run_until(layer_norm, (x,), "hook_normalized", hint, feed={"hook_scale": scale})
     check(seen["hook_normalized"], VALUES.get("layer_norm_normalized", ref, x), hint,
-          step="layer_norm_normalized", given=lambda: layer_norm_inputs(ref, layer_norm, x, scale=scale))
+          step="layer_norm_normalized", given=lambda: layer_norm_inputs(
+              ref, layer_norm, x, scale=scale, output=ref.outputs["bert.embeddings.LayerNorm"]))
 
 
 @exercise("LayerNorm")
@@ -370,7 +373,8 @@ def test_mlp_pre(ref, layer):
     mlp = make_mlp(ref.cfg, ref.layer(layer))
     seen = run_until(mlp, (mlp_input(ref, layer),), "hook_pre", hint)
     check(seen["hook_pre"], ref.outputs[f"bert.encoder.layer.{layer}.intermediate.dense"], hint,
-          step="mlp_pre", given=lambda: mlp_inputs(ref, mlp, layer))
+          step="mlp_pre", given=lambda: mlp_inputs(
+              ref, mlp, layer, output=ref.outputs[f"bert.encoder.layer.{layer}.output.dense"]))
 
 
 @exercise("MLP")
@@ -382,7 +386,8 @@ def test_mlp_post(ref, layer):
     seen = run_until(mlp, (mlp_input(ref, layer),), "hook_post", hint,
                      feed={"hook_pre": ref.outputs[f"{prefix}.dense"]})
     check(seen["hook_post"], ref.outputs[prefix], hint, step="mlp_post",
-          given=lambda: mlp_inputs(ref, mlp, layer, pre=ref.outputs[f"{prefix}.dense"]))
+          given=lambda: mlp_inputs(ref, mlp, layer, pre=ref.outputs[f"{prefix}.dense"],
+                                   output=ref.outputs[f"bert.encoder.layer.{layer}.output.dense"]))
 
 
 @exercise("MLP")
@@ -393,7 +398,8 @@ def test_mlp(ref, layer):
     mlp = make_mlp(ref.cfg, ref.layer(layer))
     check(output_of(mlp, mlp_input(ref, layer), hint=hint),
           ref.outputs[f"bert.encoder.layer.{layer}.output.dense"], hint, step="mlp",
-          given=lambda: mlp_inputs(ref, mlp, layer))
+          given=lambda: mlp_inputs(ref, mlp, layer, pre=ref.outputs[f"bert.encoder.layer.{layer}.intermediate.dense"],
+                                   post=ref.outputs[f"bert.encoder.layer.{layer}.intermediate"]))
 
 
 @exercise("MLP")
@@ -453,8 +459,10 @@ def test_unembed(ref):
     hint = "Unembed: x @ W_U + b_U. Did you forget the decoder bias b_U?"
     unembed = make_unembed(ref.cfg, ref.hf.cls.predictions)
     x = ref.outputs["cls.predictions.transform"]
-    check(output_of(unembed, x, hint=hint), ref.out.prediction_logits, hint, step="unembed",
-          given=lambda: step_inputs(ref, x=x, **params_of(unembed)))
+    seen = run_until(unembed, (x,), None, hint)
+    for value in (seen["out"], reached(seen, "Unembed", "hook_out", hint)):  # the hook sees the output
+        check(value, ref.out.prediction_logits, hint, step="unembed", given=lambda: step_inputs(
+            ref, x=x, **params_of(unembed), output=ref.out.prediction_logits))
 
 
 @exercise("Unembed")
@@ -471,8 +479,10 @@ def test_pooler(ref):
             "positions")
     pooler = make_dense_head(hb.BertPooler, ref.cfg, ref.hf.bert.pooler.dense)
     resid = ref.out.hidden_states[-1]
-    check(output_of(pooler, resid, hint=hint), ref.outputs["bert.pooler"], hint, step="pooler",
-          given=lambda: step_inputs(ref, resid=resid, **params_of(pooler)))
+    seen = run_until(pooler, (resid,), None, hint)
+    for value in (seen["out"], reached(seen, "BertPooler", "hook_pooler_out", hint)):
+        check(value, ref.outputs["bert.pooler"], hint, step="pooler", given=lambda: step_inputs(
+            ref, resid=resid, **params_of(pooler), output=ref.outputs["bert.pooler"]))
 
 
 @exercise("BertPooler")
@@ -487,8 +497,10 @@ def test_nsp_head(ref):
     hint = "NSP head: pooled @ W + b, two logits per sequence"
     nsp_head = make_dense_head(hb.BertNSPHead, ref.cfg, ref.hf.cls.seq_relationship)
     pooled = ref.outputs["bert.pooler"]
-    check(output_of(nsp_head, pooled, hint=hint), ref.out.seq_relationship_logits, hint,
-          step="nsp_head", given=lambda: step_inputs(ref, pooled=pooled, **params_of(nsp_head)))
+    seen = run_until(nsp_head, (pooled,), None, hint)
+    for value in (seen["out"], reached(seen, "BertNSPHead", "hook_nsp_out", hint)):
+        check(value, ref.out.seq_relationship_logits, hint, step="nsp_head", given=lambda: step_inputs(
+            ref, pooled=pooled, **params_of(nsp_head), output=ref.out.seq_relationship_logits))
 
 
 @exercise("BertNSPHead")
@@ -786,7 +798,8 @@ def attention_inputs(ref, layer):
     values = {name.removeprefix("hook_").replace("attn_", ""): value
               for name, value in VALUES.get("attention_reference", ref, layer).items()}
     return step_inputs(ref, resid=ref.out.hidden_states[layer], **values,
-                       **params_of(make_attention(ref.cfg, ref.layer(layer))))
+                       **params_of(make_attention(ref.cfg, ref.layer(layer))),
+                       output=ref.outputs[f"bert.encoder.layer.{layer}.attention.output.dense"])
 
 
 # =============================================================================================
