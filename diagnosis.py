@@ -581,6 +581,11 @@ def crash_advice(error, node, values, names, frame):
             said = ", ".join(ints.get(size, str(size)) for size in full)
             return (f"expand takes every dimension of the result, the new ones first: "
                     f"{func}({said})")
+        floats = [t for t, v, _ in tensors if v.is_floating_point() and t in ARGUMENTS_ARE or
+                  v.is_floating_point() and ("indices" in text or "Long" in text)]
+        if floats and ("indices" in text or "Long" in text or "scalar type" in text):
+            return (f"{floats[0]} is a float index: an index must be an integer (long) tensor; "
+                    "drop the float conversion (torch.zeros_like(tokens) keeps the long dtype)")
         if "vector" in text or "1-D" in text or "1D" in text:
             index = next((f"{t} is {said_shape(v, names).split(' (')[0]}" for t, v, _ in tensors
                           if not v.is_floating_point()), "")
@@ -689,11 +694,11 @@ class Fingerprint:
         return distance(actual.detach().flatten()[self.index], self.values)
 
 
-def first_wrong_hook(actual, g, tol):
+def first_wrong_hook(actual, g, tol, run):
     """For an output no signature explains: the first hook of the same run whose value differs
     from its reference in g (q, scores, scale, pre, ...), said by its own signatures, so that
     the first failure already says what a later step's test would."""
-    seen = LAST_RUN[0] if LAST_RUN else {}
+    seen = run[0] if run else {}
     if not any(value is actual for value in seen.values()):
         return None
     for hook, value in seen.items():
@@ -707,6 +712,7 @@ def first_wrong_hook(actual, g, tol):
             continue
         title, noun, dims = STEPS[step]
         said = signature(value, reference, SimpleNamespace(noun=noun, dims=dims, g=g, tol=tol))
+        said = said and said.partition(HOOK_AT)[0]
         return (f"the first value that differs is what reaches self.{hook}"
                 f"{': ' + said if said else ''} (its own test, {title}, checks it)")
     return None
@@ -715,11 +721,11 @@ def first_wrong_hook(actual, g, tol):
 HOOK_AT = " [hook: "  # a catalogued sentence may end so: where a misplaced hook would see it
 
 
-def hook_placement(actual, sentence, g, tol):
+def hook_placement(actual, sentence, g, tol, run):
     """If `actual` is what a hook saw, and the student's component nevertheless returns the
     right output (g.output), the hook is only misplaced: say where it is called. The sentence
     of the catalogued neighbour may say where ("... [hook: before the mask]")."""
-    seen, _, whole = LAST_RUN if len(LAST_RUN) == 3 else ({}, None, None)
+    seen, _, whole = run if len(run) == 3 else ({}, None, None)
     hook = next((name for name, value in seen.items() if value is actual and name != "out"), None)
     output = getattr(g, "output", None)
     if hook is None or output is None:
@@ -746,10 +752,11 @@ def diagnose(actual, expected, step, inputs, atol):
     try:
         given, candidates = inputs() if inputs else ({}, [])
         g, tol = SimpleNamespace(**given), tolerance(expected, atol)
-        sentence = best_candidate(actual, candidates, tol)
-        sentence = hook_placement(actual, sentence, g, atol) or (sentence or signature(
-            actual, expected, SimpleNamespace(noun=noun, dims=dims, g=g, tol=tol)))
-        sentence = sentence or first_wrong_hook(actual, g, tol)
+        run = list(LAST_RUN)  # (a signature may run the step again, which replaces LAST_RUN)
+        sentence = best_candidate(actual, candidates, tol) or signature(
+            actual, expected, SimpleNamespace(noun=noun, dims=dims, g=g, tol=tol))
+        sentence = hook_placement(actual, sentence, g, atol, run) or sentence
+        sentence = sentence or first_wrong_hook(actual, g, tol, run)
         sentence = sentence and sentence.partition(HOOK_AT)[0]
     except Exception:  # noqa: BLE001 (a diagnosis must never hide the failure itself)
         sentence = None
@@ -771,7 +778,7 @@ def signature(a, e, c):
     c.is_, c.has, c.s = ("are", "have", "") if plural else ("is", "has", "s")
     for test in (random_between_calls, wrong_shape, wrong_dtype, non_finite, an_input,
                  only_somewhere, swapped_dims, permuted, constant_factor, rows_of_a_table,
-                 constant_offset, normalised_elsewhere):
+                 constant_offset, function_of_reference, normalised_elsewhere):
         sentence = test(a, e, c)
         if sentence:
             return sentence
@@ -848,7 +855,7 @@ def an_input(a, e, c):
     for name, value in vars(c.g).items():
         if isinstance(value, torch.Tensor) and distance(a, value) <= c.tol:
             return (f"your {c.noun} {c.is_} {name}, unchanged: the step's computation is missing "
-                    "(or you go on with its input instead of its result)")
+                    f"(or you go on with its input instead of its result){HOOK_AT}on {name}]")
     return None
 
 
@@ -878,8 +885,9 @@ def constant_factor(a, e, c):
         return None
     if abs(ratio + 1) < 1e-6:
         return f"your {c.noun} {c.is_} the reference with its sign flipped: look for a minus sign"
-    return (f"your {c.noun} {c.is_} the reference {factor_in_words(ratio, getattr(c.g, 'cfg', None))} "
-            f"(a constant factor {ratio:.4g}): look for a wrong or doubled scaling")
+    said = factor_in_words(ratio, getattr(c.g, "cfg", None))
+    return (f"your {c.noun} {c.is_} the reference {said} (a constant factor {ratio:.4g}): look "
+            f"for a wrong or doubled scaling{HOOK_AT}before the scaling (it sees the reference {said})]")
 
 
 def factor_in_words(ratio, cfg):
@@ -946,9 +954,43 @@ def rows_of_a_table(a, e, c):
     return None
 
 
+ELEMENTWISE = {"tanh": torch.tanh, "relu": torch.relu, "GELU": torch.nn.functional.gelu,
+               "sigmoid": torch.sigmoid, "softmax (over the last dim)": lambda x: x.softmax(-1),
+               "log_softmax": lambda x: x.log_softmax(-1), "exp": torch.exp, "abs": torch.abs}
+
+
+def function_of_reference(a, e, c):
+    """`a` is f(reference) for a common f: an activation or softmax where none belongs, or
+    applied a second time."""
+    for name, f in ELEMENTWISE.items():
+        with torch.no_grad():
+            made = f(e.double()) if e.is_floating_point() else None
+        if made is not None and distance(a.double(), made) <= c.tol:
+            short = name.split(" (")[0]
+            return (f"your {c.noun} {c.is_} {name} of the reference: a {short} where none belongs "
+                    f"(or applied a second time): leave it out{HOOK_AT}after the {short}]")
+    return None
+
+
+def holds_another(ours, expected, name):
+    """For a loader: None if ours[name] is right; else which other parameter's values it holds
+    ("swaps ln1.w and ln2.w"), or that it is transposed."""
+    mine = ours.get(name)
+    if not isinstance(mine, torch.Tensor) or same(mine, expected[name]):
+        return None
+    for other, value in expected.items():
+        if other != name and value.shape == mine.shape and same(mine, value):
+            both = other in ours and same(ours[other], expected[name])
+            return (f"convert_hf_state_dict swaps {name} and {other}: each holds the other's "
+                    "values" if both else f"convert_hf_state_dict gives {name} the values of {other}")
+    if mine.ndim == 2 and mine.shape[::-1] == expected[name].shape and same(mine.T, expected[name]):
+        return f"convert_hf_state_dict gives {name} transposed: nn.Linear stores [out, in]"
+    return None
+
+
 def offset_in_words(c, name, times):
     if times == -1:
-        return f"your {c.noun} lack{c.s} {name}: add it (once)"
+        return f"your {c.noun} lack{c.s} {name}: add it (once){HOOK_AT}before the bias {name}]"
     if times == 1:
         return f"your {c.noun} {c.is_} off by exactly {name}: you add {name} twice (or where it does not belong)"
     per_head = " (once per head?)" if times + 1 == getattr(c.g.cfg, "n_heads", None) else ""

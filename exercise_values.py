@@ -251,6 +251,8 @@ CANDIDATES = {
          lambda g: torch.tanh(g.resid.mean(1) @ g.W + g.b)),
         ("your pooler takes the last token: take the first token, resid[:, 0] ([CLS])",
          lambda g: torch.tanh(g.resid[:, -1] @ g.W + g.b)),
+        ("your pooler uses W transposed (resid[:, 0] @ W.T): W is [d_model_in, d_model] as it "
+         "is, tanh(resid[:, 0] @ W + b)", lambda g: torch.tanh(g.resid[:, 0] @ g.W.T + g.b)),
         ("your pooler has no tanh: tanh(resid[:, 0] @ W + b) [hook: before the tanh]",
          lambda g: g.resid[:, 0] @ g.W + g.b),
         ("your pooler adds b after the tanh: tanh(resid[:, 0] @ W + b)",
@@ -299,7 +301,8 @@ def mlm_head_values(ref, resid):
     diagonal = resid * dense.weight.diagonal() + dense.bias  # (one name twice in an einsum)
     act = hb.ACTIVATIONS[ref.cfg.act_fn]
     return {"(resid @ W + b)": pre, "act(resid @ W + b)": act(pre),
-            "act(resid * the diagonal of W + b)": act(diagonal)}
+            "act(resid * the diagonal of W + b)": act(diagonal),
+            "act(resid @ W.T + b)": act(resid @ dense.weight + dense.bias)}
 
 
 def catalogue(step, g):

@@ -266,3 +266,17 @@ def test_an_offset_by_rows_of_a_table_names_the_row(ref):
     assert "lacks row 0 of W_token_type where token_type_ids is 0" in (said or ""), said
     assert diagnosis_of(W[ids] + W[1] * (ids[..., None] == 1), W[ids], "token_type_embed",
                         given).count("adds row 1 of W_token_type") == 1
+
+
+@small_only
+def test_a_function_of_the_reference_and_swapped_or_transposed_weights_are_named(ref):
+    g = attention_inputs(ref, 0)
+    out = g["output"]
+    said = diagnosis_of(torch.tanh(out), out, "attention_out", g)
+    assert "your attention output is tanh of the reference" in (said or ""), said
+    expected = dict(a=torch.randn(4, 4, dtype=torch.float64), b=torch.randn(4, 4, dtype=torch.float64))
+    swapped = dict(a=expected["b"], b=expected["a"])
+    assert diagnosis.holds_another(swapped, expected, "a") == (
+        "convert_hf_state_dict swaps a and b: each holds the other's values")
+    assert "gives a transposed" in diagnosis.holds_another(dict(a=expected["a"].T), expected, "a")
+    assert diagnosis.holds_another(expected, expected, "a") is None
