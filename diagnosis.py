@@ -11,7 +11,11 @@ and what each catalogued mistake would make), never as code.
   reads back as a sum of those ("passes self.ln2 mlp(...) alone").
 - `check` compares a step's tensor with the reference and, only after a failure, diagnoses it:
   first the step's catalogued mistakes (values made from the same inputs), then structural
-  signatures of the difference (a factor, an offset, a permutation, padding only, ...).
+  signatures of the difference (a factor, an offset, a table's row, a permutation, f(reference),
+  padding only, ...); a hook that sees a neighbour of its value while the component's output
+  is right is named as misplaced ("self.hook_attn_scores is called before the mask").
+- A crash inside the student's forward is read (`read_crash`): the line, the expression that
+  failed, its tensors in the step's dimension names, and what to do.
 """
 
 import ast

@@ -230,7 +230,7 @@ CANDIDATES = {
     "mlp_post": [*[(f"your post equals {form} of pre: use self.act_fn (cfg.act_fn is {{act_fn!r}}, "
                     "{means})",
                     lambda g, f=f: f(g.pre)) for form, f in ACT_FORMS.items()],
-                 ("your post is pre, with no activation: act(pre) [hook: before the activation]",
+                 ("your post is pre, unchanged (no activation): act(pre) [hook: before the activation]",
                   lambda g: g.pre)],
     "mlp": [*[(f"your MLP uses {form}: cfg.act_fn is {{act_fn!r}}, {{means}}",
                lambda g, f=f: mlp_like(g, act=f)) for form, f in ACT_FORMS.items()],

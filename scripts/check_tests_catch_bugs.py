@@ -1,8 +1,10 @@
 """Do the tests catch the classic BERT mistakes, point at the right component, and name them?
 
-For each mistake below, this script writes a copy of hooked_bert.py with that mistake into a
-temporary folder and runs test_hooked_bert.py's component tests against it, in file order, up
-to the test that must catch it, stopping at the first failure (-x). Per mistake it reports
+For each mistake below, this script writes a student kit into a temporary folder: hooked_bert.py
+with that mistake, test_hooked_bert.py, conftest.py, diagnosis.py and the exercise_values.pt
+that scripts/make_exercises.py records once (values, not formulas), and runs the component
+tests against it, in file order, up to the test that must catch it, stopping at the first
+failure (-x), as the student would. Per mistake it reports
   caught     a test fails;
   localised  the first failing test is that mistake's own component's (step's) test;
   named      that failure's first paragraph (what the board shows first) contains the words
@@ -10,8 +12,9 @@ to the test that must catch it, stopping at the first failure (-x). Per mistake 
 MISTAKES have a candidate in the diagnosis catalogues of test_hooked_bert.py; UNLISTED ones have
 none, and must be named by a structural signature of the difference (a factor, a permutation,
 padding only, randomness, ...). Exits 1 if a mistake is not caught and localised, or a listed
-one is not named. About two minutes with two jobs:
-    python scripts/check_tests_catch_bugs.py [--only WORDS] [--jobs 2] [--show]
+one is not named. NEW: mistakes written without reading the catalogues (issue 23). One pytest
+run per mistake, two at a time, after one recording run: slow (half an hour on a busy machine):
+    python scripts/check_tests_catch_bugs.py [--only WORDS] [--sets listed unlisted new] [--jobs 2] [--show]
 """
 
 import argparse
