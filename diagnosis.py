@@ -576,7 +576,7 @@ def crash_advice(error, node, values, names, frame):
         func = ast.unparse(node.func)
         if func.endswith("einsum") and node.args and isinstance(node.args[0], ast.Constant):
             return einsum_advice(node.args[0].value, [v for _, v, _ in tensors],
-                                 [t for t, _, _ in tensors], names)
+                                 [t for t, _, _ in tensors], names, frame)
         if func.endswith(".expand") and tensors:
             sizes = [v for _, v, _ in values[1:] if isinstance(v, int)]
             have = list(tensors[0][1].shape)
@@ -615,12 +615,18 @@ def crash_advice(error, node, values, names, frame):
     return None
 
 
-def einsum_advice(equation, operands, texts, names):
+def einsum_advice(equation, operands, texts, names, frame):
     """Which operand's dimensions the equation names in another order than its shape has."""
     inputs = equation.split("->")[0].split(",")
+    owner = frame.f_locals.get("self")
     for spec, value, text in zip(inputs, operands, texts):
         written = spec.split() if " " in spec.strip() else list(spec.strip())
         actual = [names.get(size, str(size)) for size in value.shape]
+        param = next((f"self.{n}" for n, p in (owner.named_parameters() if owner is not None else ())
+                      if p is value and f"self.{n}" != text), None)
+        if len(written) == 2 == len(actual) and written == actual[::-1] and param:
+            return (f"{text} is {param}, [{', '.join(actual)}], and the einsum reads it as "
+                    f"[{', '.join(written)}]: use {param}.T")
         if len(written) == len(actual) and written != actual and sorted(written) == sorted(actual):
             return (f"the einsum names {text}'s dimensions [{', '.join(written)}], but {text} is "
                     f"[{', '.join(actual)}]: write them in that order")

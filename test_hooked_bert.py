@@ -463,6 +463,11 @@ def test_unembed(ref):
     for value in (seen["out"], reached(seen, "Unembed", "hook_out", hint)):  # the hook sees the output
         check(value, ref.out.prediction_logits, hint, step="unembed", given=lambda: step_inputs(
             ref, x=x, **params_of(unembed), output=ref.out.prediction_logits))
+    tied_hint = "Unembed with tie_word_embeddings=True: W_U is W_E transposed, [d_model, d_vocab]"
+    W_E = torch.nn.Parameter(ref.hf.cls.predictions.decoder.weight.detach().clone())  # [d_vocab, d_model]
+    tied = fresh(hb.Unembed(dataclasses.replace(ref.cfg, tie_word_embeddings=True), W_E=W_E))
+    tied.b_U.data.copy_(unembed.b_U)
+    check(output_of(tied, x, hint=tied_hint), ref.out.prediction_logits, tied_hint, step="unembed")
 
 
 @exercise("Unembed")

@@ -323,10 +323,10 @@ UNLISTED = [
 
 # Mistakes written for issue 23 by a helper who had not read the catalogues (crashes, hooks at
 # the wrong point, extra or misplaced operations); their words are what a teacher would say.
-# Eight of the words were the writer's guesses at a phrasing, changed to the diagnosis's words
+# Ten of the words were the writer's guesses at a phrasing, changed to the diagnosis's words
 # for the same fact ("W_E[tokens] * sqrt(d_model)" for "multiplied by sqrt(d_model)", "not the
-# padded keys" for "mask the key positions", ...). Four need a path the component tests reach
-# only in train(), with use_attn_result, a tied W_U or default token types.
+# padded keys" for "mask the key positions", ...). Three need a path the component tests reach
+# only in train(), with use_attn_result, or default token types (the lead's tests).
 NEW = [
     # ---------------------------------------------------------------- Embed
     # (a) confirmed: IndexError/RuntimeError (index_select needs a 1-D index) in eval forward.
@@ -441,7 +441,7 @@ NEW = [
     ("z einsum outputs batch head_index query_pos d_head",
      "\"-> batch query_pos head_index d_head\", pattern, v,",
      "\"-> batch head_index query_pos d_head\", pattern, v,",
-     "test_attention_z", "batch pos head_index d_head"),
+     "test_attention_z", "expected [batch, pos, head_index, d_head]"),
     # (c) confirmed: with use_attn_result=True, the attention output is [batch, head, d_model]
     # and the residual add crashes or the values change; unchanged with use_attn_result=False.
     ("per-head results summed over positions (dim=1) instead of heads",
@@ -515,7 +515,7 @@ NEW = [
     ("tied W_E used without transposing",
      "W_U = self.W_E.T if self.tied else self.W_U  # [d_model, d_vocab]",
      "W_U = self.W_E if self.tied else self.W_U  # [d_model, d_vocab]",
-     "test_unembed", "W_U is W_E transposed"),
+     "test_unembed", "use self.W_E.T"),
     # (b) confirmed: logits unchanged; cached hook_out differs by b_U.
     ("hook_out called before adding b_U",
      ("        logits += self.b_U  # in place: the logits are by far the largest tensor, so don't copy them\n",
