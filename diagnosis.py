@@ -19,6 +19,7 @@ and what each catalogued mistake would make), never as code.
 """
 
 import ast
+import difflib
 import itertools
 import keyword
 import math
@@ -300,10 +301,12 @@ def add_hint(error, hint, component, stop_at=None, args=()):
         report = read_crash(error, component, args)
     except Exception:  # noqa: BLE001 (reading a crash must never hide it)
         report = None
-    if report:  # the student's line and its tensors say more than torch's traceback
-        failure = pytest.fail.Exception(f"{report}\n\n{hint}", pytrace=False)
-        failure.hint = f"{report}\n\n{hint}"
-        return failure
+    if report:  # under the traceback, what it does not say: the tensors, what to do
+        read = report.split("\n", 1)[1].splitlines()
+        more = read[[line.startswith(f"{type(error).__name__}: ") for line in read].index(True) + 1:]
+        error.__notes__ = [*getattr(error, "__notes__", []), *more, f"Hint: {hint}"]
+        error.hint = f"{report}\n\n{hint}"
+        return error
     diagnosis = f"{where} raised {type(error).__name__}: {error}"
     error.__notes__ = [*getattr(error, "__notes__", []), f"Hint: {hint}"]
     error.hint = f"{diagnosis}\n\n{hint}"  # what went wrong first: the board shows it first
@@ -608,10 +611,15 @@ def crash_advice(error, node, values, names, frame):
             if func == "sum" and len(node.args) > 1:
                 return ("Python's sum takes one list (sum([a, b, c])); to add tensors, write "
                         "a + b + c")
-    if isinstance(node, ast.Attribute) and isinstance(error, AttributeError):
-        owner = ast.unparse(node.value)
-        return (f"{owner} is a sub-module: call {owner}(...) on its input instead of using its "
-                f"{node.attr} yourself")
+    if isinstance(node, ast.Attribute) and isinstance(error, AttributeError) and values:
+        owner, value = ast.unparse(node.value), values[0][1]
+        if isinstance(value, torch.nn.Module):
+            return (f"{owner} is a sub-module: call {owner}(...) on its input instead of using "
+                    f"its {node.attr} yourself")
+        close = difflib.get_close_matches(node.attr, dir(value), n=1)
+        kind = "a tensor" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+        return f"{owner} is {kind}, which has no {node.attr}" + (
+            f": did you mean {owner}.{close[0]}?" if close else "")
     return None
 
 
