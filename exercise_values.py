@@ -45,7 +45,7 @@ def layer_norm_like(g, part="out", dim=-1, ddof=0, eps=None, eps_at="inside", ce
     """LayerNorm with one thing changed: its scale, normalized or output (part)."""
     x, eps = g.x, g.cfg.eps if eps is None else eps
     centred = x - x.mean(dim, keepdim=True)
-    var = (centred if centre else x).pow(2).sum(dim, keepdim=True) / (x.shape[dim] - ddof)
+    var = (centred if centre is True else x).pow(2).sum(dim, keepdim=True) / (x.shape[dim] - ddof)
     scale = var + eps if not sqrt else (var + eps).sqrt() if eps_at == "inside" else var.sqrt() + eps
     normalized = (centred if centre else x) / scale
     w, b = {"wb": (g.w, g.b), "w": (g.w, 0), "b": (1, g.b), "none": (1, 0), "bw": (g.b, g.w)}[affine]
@@ -61,8 +61,10 @@ LAYER_NORM_MISTAKES = [
     ("your LayerNorm has no eps: add self.eps inside the square root", dict(eps=0.0)),
     ("your LayerNorm takes mean and variance over the positions (dim 1): take them over d_model "
      "(dim=-1)", dict(dim=1)),
-    ("your LayerNorm divides by var + eps, not by its square root: scale = sqrt(var + eps)",
-     dict(sqrt=False)),
+    ("your LayerNorm divides by var + eps, not by its square root: scale = sqrt(var + eps)"
+     " [hook: on the variance (var + eps), before the square root]", dict(sqrt=False)),
+    ("your LayerNorm takes the variance of x itself: take the variance of the centred x, "
+     "(x - mean) ** 2", dict(centre="numerator")),
     ("your LayerNorm does not subtract the mean (an RMS norm): centre x first, x - mean",
      dict(centre=False)),
     ("your LayerNorm output lacks w and b: return normalized * self.w + self.b", dict(affine="none")),
@@ -92,7 +94,7 @@ SCORES_MISTAKES = [
     ("your scores equal q . k / d_head: divide by sqrt(d_head)",
      lambda g: scores_like(g, divide_by=g.cfg.d_head)),
     ("your scores equal q . k with no scaling: divide by sqrt(d_head), before the softmax",
-     lambda g: scores_like(g, divide_by=1)),
+     lambda g: scores_like(g, divide_by=1)),  # (on a hook: called before dividing)
     ("your scores equal q . k * sqrt(d_head): divide by sqrt(d_head), don't multiply",
      lambda g: scores_like(g, divide_by=g.cfg.d_head ** -0.5)),
     ("your scores equal k . q (q and k swapped: keys on dim 2): queries on dim 2, keys on dim 3",
@@ -108,7 +110,10 @@ SCORES_MISTAKES = [
     ("your scores are multiplied by the 1/0 mask (0 at padded keys): padded keys need "
      "torch.finfo(dtype).min (masked_fill)", lambda g: scores_like(g, mask="multiplied")),
     ("your scores are not masked: fill the padded keys (key_is_padding True) with "
-     "torch.finfo(dtype).min", lambda g: scores_like(g, mask=None)),
+     "torch.finfo(dtype).min [hook: before the mask]", lambda g: scores_like(g, mask=None)),
+    ("your scores are q . k, neither scaled nor masked: divide by sqrt(d_head), then mask the "
+     "padded keys [hook: before dividing by sqrt(d_head) and masking]",
+     lambda g: scores_like(g, divide_by=1, mask=None)),
 ]
 
 PATTERN_MISTAKES = [
@@ -116,7 +121,8 @@ PATTERN_MISTAKES = [
      "(dim=-1)", lambda g: g.scores.softmax(-2)),
     ("your pattern is the softmax over the heads (dim=1): take it over the keys (dim=-1)",
      lambda g: g.scores.softmax(1)),
-    ("your pattern is the scores, with no softmax: softmax over the keys (dim=-1)",
+    ("your pattern is the scores, with no softmax: softmax over the keys (dim=-1) [hook: before "
+     "the softmax]",
      lambda g: g.scores),
     ("your pattern is the softmax of the unmasked scores, masked afterwards: mask first, then "
      "softmax (rows sum to 1)",
@@ -164,7 +170,8 @@ def qkv_mistakes(name):
     for weight, bias in itertools.product("QKV", [*"QKV", None]):
         if (weight, bias) != (wanted, wanted):
             did = f"resid @ W_{weight}" + (f" + b_{bias}" if bias else ", no bias")
-            mistakes.append((f"your {name} equals {did}: use W_{wanted} and b_{wanted}",
+            at = f" [hook: before the bias b_{wanted}]" if (weight, bias) == (wanted, None) else ""
+            mistakes.append((f"your {name} equals {did}: use W_{wanted} and b_{wanted}{at}",
                              lambda g, w=weight, b=bias: torch.einsum(
                                  "bpm,hmd->bphd", g.resid, getattr(g, f"W_{w}"))
                              + (getattr(g, f"b_{b}") if b else 0)))
@@ -200,22 +207,32 @@ CANDIDATES = {
               for sentence, knobs in LAYER_NORM_MISTAKES]
        for step, part in (("layer_norm", "out"), ("layer_norm_scale", "scale"))},
     "layer_norm_normalized": [
-        ("your normalized already has w and b: hook_normalized is (x - mean) / scale, before them",
+        ("your normalized already has w and b: hook_normalized is (x - mean) / scale, before them"
+         " [hook: after w and b]",
          lambda g: (g.x - g.x.mean(-1, keepdim=True)) / g.scale * g.w + g.b),
         ("your normalized does not subtract the mean: (x - mean) / scale",
          lambda g: g.x / g.scale),
         ("your normalized multiplies by the scale: divide, (x - mean) / scale",
-         lambda g: (g.x - g.x.mean(-1, keepdim=True)) * g.scale)],
+         lambda g: (g.x - g.x.mean(-1, keepdim=True)) * g.scale),
+        ("your normalized is x - mean, not divided by the scale: (x - mean) / scale [hook: before "
+         "dividing by the scale]", lambda g: g.x - g.x.mean(-1, keepdim=True))],
     **{name: qkv_mistakes(name) for name in "qkv"},
     "attention_scores": SCORES_MISTAKES,
     "attention_pattern": PATTERN_MISTAKES,
     "attention_z": Z_MISTAKES,
     "attention_out": OUT_MISTAKES,
-    "mlp_pre": [("your pre lacks b_in: x @ W_in + b_in", lambda g: g.x @ g.W_in),
-                ("your pre already has the activation: hook_pre is x @ W_in + b_in, before it",
-                 lambda g: hb.ACTIVATIONS[g.act_fn](g.x @ g.W_in + g.b_in))],
-    "mlp_post": [(f"your post equals {form} of pre: cfg.act_fn is {{act_fn!r}}, {{means}}",
-                  lambda g, f=f: f(g.pre)) for form, f in ACT_FORMS.items()],
+    "mlp_pre": [("your pre lacks b_in: x @ W_in + b_in [hook: before the bias b_in]",
+                 lambda g: g.x @ g.W_in),
+                ("your pre already has the activation: hook_pre is x @ W_in + b_in, before it "
+                 "[hook: after the activation]",
+                 lambda g: hb.ACTIVATIONS[g.act_fn](g.x @ g.W_in + g.b_in)),
+                ("your pre is the MLP's input x: x @ W_in + b_in [hook: on the input x, before W_in]",
+                 lambda g: g.x)],
+    "mlp_post": [*[(f"your post equals {form} of pre: use self.act_fn (cfg.act_fn is {{act_fn!r}}, "
+                    "{means})",
+                    lambda g, f=f: f(g.pre)) for form, f in ACT_FORMS.items()],
+                 ("your post is pre, unchanged (no activation): act(pre) [hook: before the activation]",
+                  lambda g: g.pre)],
     "mlp": [*[(f"your MLP uses {form}: cfg.act_fn is {{act_fn!r}}, {{means}}",
                lambda g, f=f: mlp_like(g, act=f)) for form, f in ACT_FORMS.items()],
             ("your MLP applies the activation to its output, not between the layers: "
@@ -226,19 +243,24 @@ CANDIDATES = {
              lambda g: mlp_like(g, b_in=False)),
             ("your MLP lacks b_out: act(x @ W_in + b_in) @ W_out + b_out",
              lambda g: mlp_like(g, b_out=False))],
-    "unembed": [("your logits lack b_U, the decoder bias: x @ W_U + b_U", lambda g: g.x @ g.W_U),
-                ("your logits are probabilities (a softmax): return x @ W_U + b_U",
+    "unembed": [("your logits lack b_U, the decoder bias: x @ W_U + b_U [hook: before the "
+                 "bias b_U]", lambda g: g.x @ g.W_U),
+                ("your logits are probabilities (a softmax): return x @ W_U + b_U, no softmax",
                  lambda g: (g.x @ g.W_U + g.b_U).softmax(-1))],
     "pooler": [
         ("your pooler takes the mean over positions: take the first token, resid[:, 0]",
          lambda g: torch.tanh(g.resid.mean(1) @ g.W + g.b)),
-        ("your pooler takes the last token: take the first, resid[:, 0] ([CLS])",
+        ("your pooler takes the last token: take the first token, resid[:, 0] ([CLS])",
          lambda g: torch.tanh(g.resid[:, -1] @ g.W + g.b)),
-        ("your pooler has no tanh: tanh(resid[:, 0] @ W + b)", lambda g: g.resid[:, 0] @ g.W + g.b),
+        ("your pooler uses W transposed (resid[:, 0] @ W.T): W is [d_model_in, d_model] as it "
+         "is, tanh(resid[:, 0] @ W + b)", lambda g: torch.tanh(g.resid[:, 0] @ g.W.T + g.b)),
+        ("your pooler has no tanh: tanh(resid[:, 0] @ W + b) [hook: before the tanh]",
+         lambda g: g.resid[:, 0] @ g.W + g.b),
         ("your pooler adds b after the tanh: tanh(resid[:, 0] @ W + b)",
          lambda g: torch.tanh(g.resid[:, 0] @ g.W) + g.b)],
-    "nsp_head": [("your NSP logits lack b: pooled @ W + b", lambda g: g.pooled @ g.W),
-                 ("your NSP logits are probabilities (a softmax): return pooled @ W + b",
+    "nsp_head": [("your NSP logits lack b: pooled @ W + b [hook: before the bias b]",
+                 lambda g: g.pooled @ g.W),
+                 ("your NSP logits are probabilities (a softmax): return pooled @ W + b, no softmax",
                   lambda g: (g.pooled @ g.W + g.b).softmax(-1)),
                  ("your NSP logits go through a tanh: pooled @ W + b, nothing after",
                   lambda g: torch.tanh(g.pooled @ g.W + g.b))],
@@ -285,7 +307,11 @@ def mlm_head_values(ref, resid):
     """What the MLM head's LayerNorm may get, for its wiring check."""
     dense = ref.hf.cls.predictions.transform.dense
     pre = resid @ dense.weight.T + dense.bias
-    return {"(resid @ W + b)": pre, "act(resid @ W + b)": hb.ACTIVATIONS[ref.cfg.act_fn](pre)}
+    diagonal = resid * dense.weight.diagonal() + dense.bias  # (one name twice in an einsum)
+    act = hb.ACTIVATIONS[ref.cfg.act_fn]
+    return {"(resid @ W + b)": pre, "act(resid @ W + b)": act(pre),
+            "act(resid * the diagonal of W + b)": act(diagonal),
+            "act(resid @ W.T + b)": act(resid @ dense.weight + dense.bias)}
 
 
 def catalogue(step, g):

@@ -5,12 +5,15 @@ which a student kit does not carry.
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
+import diagnosis
 import hooked_bert as hb
 from diagnosis import Wiring, run_until, stream_input
 from exercise_values import scores_like
-from test_hooked_bert import (BLOCK_FLOW, attention_inputs, check, fresh, ref,  # noqa: F401 (ref: a fixture)
+from test_hooked_bert import (BLOCK_FLOW, attention_inputs, check, fresh, make_mlp, mlp_input,  # noqa: F401
+                              mlp_inputs, ref,
                               small_only)
 
 
@@ -135,3 +138,145 @@ def test_wiring_names_what_each_call_got(ref):
             message = str(error).split("\n\n")
             assert message[1:] == ["THE HINT"], message  # one sentence, then the hint
         assert (message is None) if says is None else message[0].startswith(says), (block_class, message)
+
+
+# --- Crashes, misplaced hooks, functions of a sum, rows of a table (issue 23) -----------------
+
+
+class PosEmbedOfTokens(hb.PosEmbed):
+    def forward(self, tokens):
+        return self.W_pos[tokens]  # the token ids, not the positions
+
+
+class LayerNormWithoutKeepdim(hb.LayerNorm):
+    def forward(self, x):
+        x = x - x.mean(-1)
+        return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt() * self.w + self.b
+
+
+class MLPWithSwappedNames(hb.MLP):
+    def forward(self, x):
+        post = self.hook_post(self.act_fn(self.hook_pre(x @ self.W_in + self.b_in)))
+        return hb.einsum("batch pos d_mlp, d_model d_mlp -> batch pos d_model", post, self.W_out)
+
+
+def crash_report(component, args, monkeypatch):
+    monkeypatch.setattr(diagnosis, "STUDENT_FILES", [__file__])
+    with pytest.raises(BaseException) as caught:
+        run_until(component, args, None, "THE HINT")
+    return caught.value.hint.split("\n\n")[0]
+
+
+@small_only
+def test_a_crash_names_the_line_the_tensors_and_what_to_do(ref, monkeypatch):
+    cfg = ref.cfg
+    tokens = torch.full((3, 11), 46)
+    x = torch.randn(3, 11, cfg.d_model, dtype=torch.float64)
+    cases = [
+        (fresh(PosEmbedOfTokens(cfg)), (tokens,), ["return self.W_pos[tokens]", "tokens [batch, pos]",
+         "you index self.W_pos (32 rows, one per n_ctx) with tokens, values up to 46",
+         "index it with the positions 0..pos-1"]),
+        (fresh(LayerNormWithoutKeepdim(cfg)), (x,), ["x [batch, pos, d_model] (3, 11, 48), x.mean(-1) "
+         "[batch, pos] (3, 11)", "keep it with keepdim=True"]),
+        (fresh(MLPWithSwappedNames(cfg)), (x,), ["the einsum names self.W_out's dimensions [d_model, "
+         "d_mlp], but self.W_out is [d_mlp, d_model]"]),
+    ]
+    for component, args, says in cases:
+        report = crash_report(component, args, monkeypatch)
+        assert len(report.splitlines()) <= 10, report
+        for words in says:
+            assert words in report, f"expected {words!r} in:\n{report}"
+
+
+class MLPHookBeforeActivation(hb.MLP):
+    def forward(self, x):
+        pre = self.hook_pre(x @ self.W_in + self.b_in)
+        post = self.act_fn(self.hook_post(pre))  # the output is right; the hook sees pre
+        return post @ self.W_out + self.b_out
+
+
+@small_only
+def test_a_misplaced_hook_is_named_when_the_output_is_right(ref):
+    prefix = "bert.encoder.layer.0"
+    for mlp_class, says in ((MLPHookBeforeActivation, "MLP hook_post: self.hook_post is called before "
+                             "the activation: call it on the activation of pre"),
+                            (hb.MLP, None)):
+        mlp = fresh(mlp_class(ref.cfg))
+        mlp.load_state_dict(make_mlp(ref.cfg, ref.layer(0)).state_dict())
+        seen = run_until(mlp, (mlp_input(ref, 0),), "hook_post", "THE HINT",
+                         feed={"hook_pre": ref.outputs[f"{prefix}.intermediate.dense"]})
+        given = mlp_inputs(ref, mlp, 0, pre=ref.outputs[f"{prefix}.intermediate.dense"],
+                           output=ref.outputs[f"{prefix}.output.dense"])
+        diagnosis_said = diagnosis_of(seen["hook_post"], ref.outputs[f"{prefix}.intermediate"],
+                                      "mlp_post", given)
+        assert (diagnosis_said or "").startswith(says) if says else diagnosis_said is None, diagnosis_said
+
+
+class BlockHookAfterLn1(hb.BertBlock):
+    def forward(self, resid_pre, key_is_padding=None):
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(resid_pre, key_is_padding))
+        normalized_resid_mid = self.hook_resid_mid(self.ln1(resid_pre + attn_out))
+        resid_post = self.hook_resid_post(normalized_resid_mid + self.hook_mlp_out(self.mlp(normalized_resid_mid)))
+        return self.hook_normalized_resid_post(self.ln2(resid_post))
+
+
+class BlockWithLn1Twice(hb.BertBlock):
+    def forward(self, resid_pre, key_is_padding=None):
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(resid_pre, key_is_padding))
+        normalized_resid_mid = self.ln1(self.hook_resid_mid(resid_pre + attn_out))
+        resid_post = self.hook_resid_post(normalized_resid_mid + self.hook_mlp_out(self.mlp(normalized_resid_mid)))
+        return self.hook_normalized_resid_post(self.ln1(resid_post))
+
+
+class BlockWithTanh(hb.BertBlock):
+    def forward(self, resid_pre, key_is_padding=None):
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(resid_pre, key_is_padding))
+        normalized_resid_mid = self.ln1(self.hook_resid_mid(resid_pre + attn_out))
+        mlp_out = self.hook_mlp_out(self.mlp(normalized_resid_mid))
+        resid_post = self.hook_resid_post(torch.tanh(normalized_resid_mid + mlp_out))
+        return self.hook_normalized_resid_post(self.ln2(resid_post))
+
+
+@small_only
+def test_wiring_names_misplaced_hooks_missing_calls_and_functions_of_a_sum(ref):
+    resid_pre = stream_input((3, 11, ref.cfg.d_model))
+    inputs = dict(resid_pre=resid_pre, key_is_padding=ref.key_is_padding)
+    cases = [
+        (BlockHookAfterLn1, "BlockHookAfterLn1.forward passes self.hook_resid_mid ln1(...): "
+                            "self.hook_resid_mid is called after ln1"),
+        (BlockWithLn1Twice, "BlockWithLn1Twice.forward calls self.ln1 2 times and never calls self.ln2"),
+        (BlockWithTanh, "BlockWithTanh.forward passes self.hook_resid_post tanh(ln1(...) + hook_mlp_out(...))"),
+    ]
+    for block_class, says in cases:
+        with pytest.raises(AssertionError) as caught:
+            Wiring(fresh(block_class(ref.cfg)), inputs, BLOCK_FLOW, resid_pre.shape).check("THE HINT")
+        assert str(caught.value).startswith(says), str(caught.value)
+
+
+@small_only
+def test_an_offset_by_rows_of_a_table_names_the_row(ref):
+    W = ref.hf.bert.embeddings.token_type_embeddings.weight.detach()
+    ids = ref.token_type_ids
+    given = dict(cfg=ref.cfg, token_type_ids=ids, W_token_type=W, key_is_padding=ref.key_is_padding)
+    only_b = ids[..., None] * W[1]  # sentence A gets zeros, not row 0
+    said = diagnosis_of(only_b, W[ids], "token_type_embed", given)
+    assert "lacks row 0 of W_token_type where token_type_ids is 0" in (said or ""), said
+    assert diagnosis_of(W[ids] + W[1] * (ids[..., None] == 1), W[ids], "token_type_embed",
+                        given).count("adds row 1 of W_token_type") == 1
+
+
+@small_only
+def test_a_function_of_the_reference_and_swapped_or_transposed_weights_are_named(ref):
+    g = attention_inputs(ref, 0)
+    out = g["output"]
+    said = diagnosis_of(torch.tanh(out), out, "attention_out", g)
+    assert "your attention output is tanh of the reference" in (said or ""), said
+    expected = dict(a=torch.randn(4, 4, dtype=torch.float64), b=torch.randn(4, 4, dtype=torch.float64))
+    swapped = dict(a=expected["b"], b=expected["a"])
+    assert diagnosis.holds_another(swapped, expected, "a") == (
+        "convert_hf_state_dict swaps a and b: each holds the other's values")
+    assert "gives a transposed" in diagnosis.holds_another(dict(a=expected["a"].T), expected, "a")
+    assert diagnosis.holds_another(expected, expected, "a") is None
