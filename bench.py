@@ -2,7 +2,7 @@
 
     python bench.py [--batch 8] [--pos 128] [--layers 4 12] [--repeats 9] [--train-repeats 5]
     python bench.py --training-only      # only the training-step tables
-    /work/tl39/bin/python bench.py       # the same, with TransformerLens 3.9 in the training table
+    (a Python with transformer-lens installed runs its HookedEncoder in the training table too)
 
 A bert-base-sized model (vocab 30522, 768 wide, 12 heads) with random weights and a padded
 batch, at each depth of --layers. The contenders run interleaved, after a warm-up, and the
