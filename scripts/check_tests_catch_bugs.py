@@ -68,7 +68,7 @@ MISTAKES = [
     ("hook_normalized after * w + b (TransformerLens hooks it before)",
      "normalized = self.hook_normalized(x / scale)\n        return (normalized * self.w + self.b).to(dtype)",
      "normalized = self.hook_normalized(x / scale * self.w + self.b)\n        return normalized.to(dtype)",
-     "test_layer_norm_normalized_hook", "already has w and b"),
+     "test_layer_norm_normalized_hook", "hook_normalized is called after w and b"),
     ("token-type embeddings not added",
      "self.ln(embed + pos_embed + token_type_embed)", "self.ln(embed + pos_embed)",
      "test_bert_embed", "add hook_token_type_embed(...)"),
