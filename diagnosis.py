@@ -734,6 +734,8 @@ def first_wrong_hook(actual, g, tol, run):
     if not any(value is actual for value in seen.values()):
         return None
     for hook, value in seen.items():
+        if value is actual:  # (no earlier hook differs: this step's own value is the first)
+            return None
         key = hook.removeprefix("hook_").removeprefix("attn_")
         reference = getattr(g, key, None)
         step = next((name for name, (title, noun, dims) in STEPS.items()
