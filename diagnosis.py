@@ -306,7 +306,7 @@ def add_hint(error, hint, component, stop_at=None, args=()):
     NotImplementedError becomes a one-line failure: there is no code to debug yet."""
     where = f"{type(component).__name__}.forward"
     if isinstance(error, NotImplementedError):
-        before = f" before calling self.{stop_at}" if stop_at else ""
+        before = f" before it reaches self.{stop_at}, which this test checks" if stop_at else ""
         diagnosis = f"not written yet: {where} raises NotImplementedError{before}"
         error = pytest.fail.Exception(diagnosis, pytrace=False)
         error.hint = f"{diagnosis}\n\nIts stub in hooked_bert.py says what to compute."
