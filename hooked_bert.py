@@ -156,7 +156,7 @@ def _einsum_letters(spec: str) -> str:
 
 def einsum(spec: str, *tensors: Tensor) -> Tensor:
     """torch.einsum with whole words as dimension names, so the shapes read as they are.
-    A name missing from the output (after ->) is summed over: "..., d_model d_mlp -> ... d_mlp"."""
+    A name missing from the output (after ->) is summed over: key_pos in the one that makes z."""
     try:
         return torch.einsum(_einsum_letters(spec), *tensors)
     except RuntimeError as error:  # torch's message names the letters: say it in our names
@@ -479,8 +479,7 @@ class HookedEncoder(nn.Module):
         self.unembed = Unembed(cfg, W_E=self.embed.embed.W_E)  # used only if tie_word_embeddings
         self.pooler = BertPooler(cfg)
         self.nsp_head = BertNSPHead(cfg)
-        # the pretraining heads (mlm_head, unembed, pooler, nsp_head) left without weights
-        self.missing_heads = missing_heads_kept_in_state_dict(self)
+        self.missing_heads = missing_heads_kept_in_state_dict(self)  # pretraining heads unloaded
         self.hook_dict = name_hook_points(self)  # {"blocks.0.attn.hook_z": that HookPoint, ...}
         self.init_weights()
 
