@@ -234,16 +234,17 @@ class Wiring:
         return f"{said}; it should get {self.say(terms)}: {fix}"
 
 
-FUNCTIONS_OF_A_SUM = {"tanh": torch.tanh, "relu": torch.relu, "gelu": torch.nn.functional.gelu,
-                      "sigmoid": torch.sigmoid, "softmax": lambda x: x.softmax(-1),
-                      "-": torch.neg, "exp": torch.exp}
+# Common functions a student may apply where none belongs (softmax: over the last dim).
+ELEMENTWISE = {"tanh": torch.tanh, "relu": torch.relu, "GELU": torch.nn.functional.gelu,
+               "sigmoid": torch.sigmoid, "softmax": lambda x: x.softmax(-1),
+               "log_softmax": lambda x: x.log_softmax(-1), "exp": torch.exp, "abs": torch.abs}
 
 
 def function_of(got, expected):
     """What `got` is as a generic function of `expected` ("tanh({})"), else None. Dropout:
     some entries zeroed, the rest scaled by 1 / (1 - p)."""
     got = got.detach().to(expected.dtype)
-    for name, f in FUNCTIONS_OF_A_SUM.items():
+    for name, f in {**ELEMENTWISE, "-": torch.neg}.items():
         if torch.allclose(got, f(expected), atol=1e-9, rtol=1e-7):
             return f"{name}({{0}}): pass it {{0}} itself, with no {name} on the way"
     kept = got != 0
@@ -987,11 +988,6 @@ def rows_of_a_table(a, e, c):
     return None
 
 
-ELEMENTWISE = {"tanh": torch.tanh, "relu": torch.relu, "GELU": torch.nn.functional.gelu,
-               "sigmoid": torch.sigmoid, "softmax (over the last dim)": lambda x: x.softmax(-1),
-               "log_softmax": lambda x: x.log_softmax(-1), "exp": torch.exp, "abs": torch.abs}
-
-
 def function_of_reference(a, e, c):
     """`a` is f(reference) for a common f: an activation or softmax where none belongs, or
     applied a second time."""
@@ -999,9 +995,8 @@ def function_of_reference(a, e, c):
         with torch.no_grad():
             made = f(e.double()) if e.is_floating_point() else None
         if made is not None and distance(a.double(), made) <= c.tol:
-            short = name.split(" (")[0]
-            return (f"your {c.noun} {c.is_} {name} of the reference: a {short} where none belongs "
-                    f"(or applied a second time): leave it out{HOOK_AT}after the {short}]")
+            return (f"your {c.noun} {c.is_} {name} of the reference: a {name} where none belongs "
+                    f"(or applied a second time): leave it out{HOOK_AT}after the {name}]")
     return None
 
 
