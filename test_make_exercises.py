@@ -7,6 +7,7 @@ Then a course (course.toml) as README's instructor writes it, its Gradescope aut
 folder laid out as Gradescope's /autograder on six submissions, and the grades it gives.
 """
 
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -339,6 +341,10 @@ def test_course_kit_and_autograder_hold_what_the_course_says(autograded):
     assert {"setup.sh", "run_autograder", "course.toml", "test_course_hidden.py",
             "test_course_layer_norm.py", "scripts/autograde.py", "scripts/grade.py",
             "test_hooked_bert.py"} <= set(names), names
+    with zipfile.ZipFile(zip_path).open(kit.VALUES_FILE) as stored:  # a forward that looks up
+        graded_seed = torch.load(io.BytesIO(stored.read()), weights_only=False)["seed"]  # answers
+    students_seed = torch.load(kit_dir / kit.VALUES_FILE, weights_only=False)["seed"]  # fails
+    assert students_seed == 0 and graded_seed != 0, (students_seed, graded_seed)
     setup = zipfile.ZipFile(zip_path).read("setup.sh").decode()
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in setup
     assert setup.index("download.pytorch.org") < setup.index("-r requirements.txt")
